@@ -1,0 +1,1 @@
+"""Classifier backbones, classic augmentation, training and inference."""

@@ -1,0 +1,1 @@
+"""Raw HAM10000 ingestion, lesion-grouped splits and the prepared array files."""

@@ -1,0 +1,56 @@
+"""Decode, check and resize lesion images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dermagan.errors import DermaganError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def find_image(images_dir: Path, image_id: str) -> Path:
+    """Return the image file for ``image_id`` (any of the accepted suffixes)."""
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (images_dir / f"{image_id}{suffix}", images_dir / f"{image_id}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    raise DermaganError(f"{images_dir}/{image_id}.jpg: image listed in metadata is missing")
+
+
+def open_rgb(path: Path, strict: bool = True) -> Image.Image:
+    """Fully decode an image. With ``strict``, anything but 8-bit RGB is an error.
+
+    Without ``strict`` (prediction on user folders) greyscale/RGBA are converted to RGB.
+    Corrupt and truncated files always raise DermaganError naming the file.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            image = img.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DermaganError(f"{path}: cannot decode image ({exc})") from exc
+    if mode != "RGB":
+        if strict:
+            raise DermaganError(f"{path}: image mode is {mode}, expected RGB (3-channel colour)")
+        image = image.convert("RGB")
+    return image
+
+
+def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """Resize so the short side is ``size``, then centre-crop to ``size`` x ``size``."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_image_array(path: Path, size: int, strict: bool = True) -> np.ndarray:
+    """Decode one file into a ``size`` x ``size`` x 3 uint8 array."""
+    return resize_center_crop(open_rgb(path, strict=strict), size)

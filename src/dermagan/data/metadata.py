@@ -1,0 +1,56 @@
+"""Read and check the HAM10000 metadata table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dermagan.constants import CLASSES, EDA_COLUMNS, REQUIRED_COLUMNS
+from dermagan.errors import DermaganError
+
+METADATA_NAMES = ("metadata.csv", "HAM10000_metadata.csv", "HAM10000_metadata")
+
+
+def find_metadata(raw_dir: Path) -> Path:
+    """Return the metadata file inside a HAM10000-layout folder."""
+    for name in METADATA_NAMES:
+        if (Path(raw_dir) / name).is_file():
+            return Path(raw_dir) / name
+    raise DermaganError(
+        f"{raw_dir}: no metadata file found (looked for {', '.join(METADATA_NAMES)})"
+    )
+
+
+def read_metadata(path: Path, classes: tuple[str, ...] = CLASSES) -> pd.DataFrame:
+    """Read the metadata CSV and check columns, labels and ids.
+
+    Raises DermaganError naming the file and the offending column or rows.
+    """
+    try:
+        frame = pd.read_csv(path, dtype={"lesion_id": str, "image_id": str, "dx": str})
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DermaganError(f"{path}: cannot read metadata: {exc}") from exc
+    missing = [c for c in (*REQUIRED_COLUMNS, *EDA_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise DermaganError(
+            f"{path}: missing metadata column(s) {missing}; found {list(frame.columns)}"
+        )
+    for column in REQUIRED_COLUMNS:
+        empty = frame[column].isna()
+        if empty.any():
+            rows = (frame.index[empty][:5] + 2).tolist()
+            raise DermaganError(f"{path}: column '{column}' is empty on line(s) {rows}")
+    unknown = sorted(set(frame["dx"]) - set(classes))
+    if unknown:
+        example = frame.loc[frame["dx"].isin(unknown), "image_id"].head(3).tolist()
+        raise DermaganError(
+            f"{path}: column 'dx' has unknown label(s) {unknown} (e.g. images {example}); "
+            f"expected one of {list(classes)}"
+        )
+    duplicated = frame["image_id"].duplicated()
+    if duplicated.any():
+        raise DermaganError(
+            f"{path}: column 'image_id' repeats {frame.loc[duplicated, 'image_id'].head(3).tolist()}"
+        )
+    return frame.reset_index(drop=True)

@@ -1,0 +1,41 @@
+"""Train/val/test split grouped by lesion, stratified by diagnosis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from dermagan.errors import DermaganError
+
+
+def _holdout(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of one StratifiedGroupKFold fold of about ``fraction`` of the rows."""
+    n_splits = max(2, round(1 / fraction))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(folds.split(frame, frame["dx"], groups=frame["lesion_id"]))
+    mask = np.zeros(len(frame), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def grouped_split(
+    frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> pd.Series:
+    """Assign each row to train/val/test so that no lesion spans two splits.
+
+    Returns a Series of split names aligned with ``frame``'s index.
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DermaganError(
+            f"params: prepare.val_fraction ({val_fraction}) and prepare.test_fraction "
+            f"({test_fraction}) must be in (0, 1) and sum to less than 1"
+        )
+    frame = frame.reset_index(drop=True)
+    split = np.full(len(frame), "train", dtype=object)
+    test_mask = _holdout(frame, test_fraction, seed)
+    split[test_mask] = "test"
+    rest = np.flatnonzero(~test_mask)
+    val_mask = _holdout(frame.iloc[rest], val_fraction / (1 - test_fraction), seed + 1)
+    split[rest[val_mask]] = "val"
+    return pd.Series(split, index=frame.index, name="split")

@@ -1,0 +1,1 @@
+"""Metrics on real-only splits, bootstrap confidence intervals, figures and comparisons."""

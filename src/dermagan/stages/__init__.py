@@ -1,0 +1,1 @@
+"""One module per pipeline stage: read params and paths, call library functions, log to MLflow."""

@@ -1,0 +1,82 @@
+"""The evaluate stage: one trained arm on the real-only test split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+
+from dermagan.atomic import atomic_dir, atomic_file
+from dermagan.classify.inference import predict_proba
+from dermagan.classify.models import NormalizedClassifier, create_classifier
+from dermagan.data.prepared import read_split
+from dermagan.device import pick_device
+from dermagan.errors import DermaganError
+from dermagan.evaluate.plots import confusion_figure, roc_figure, roc_points, save
+from dermagan.evaluate.report import flat_metrics, test_report
+from dermagan.params import section
+from dermagan.tracking.setup import configure
+
+
+def load_trained(model_dir: Path) -> tuple[NormalizedClassifier, dict]:
+    """Rebuild the classifier saved by the train stage; also return its mlflow.json."""
+    path = Path(model_dir) / "model.pt"
+    if not path.is_file():
+        raise DermaganError(f"{path}: trained model not found; run the train stage first")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_classifier(saved["backbone"], tuple(saved["classes"]), saved["image_size"])
+    model.load_state_dict(saved["state_dict"])
+    info = json.loads((Path(model_dir) / "mlflow.json").read_text())
+    return model, info
+
+
+def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metrics_json: Path, plots_dir: Path) -> dict:
+    """Score the arm on test, write the metrics file and plots, log to the arm's MLflow run."""
+    cfg = section(params, "evaluate")
+    model, info = load_trained(model_dir)
+    test = read_split(prepared, "test")
+    device = pick_device(section(params, "train", "device"))
+    proba = predict_proba(model.to(device), test.images, int(cfg["batch_size"]), device)
+    report = test_report(test.labels, proba, model.classes, int(cfg["bootstrap_samples"]),
+                         float(cfg["ci_level"]), int(cfg["seed"]))
+    document = {"arm": arm, "model_version": info["version"], "test": report}
+    points = roc_points(test.labels, proba, model.classes)
+    aucs = {c: v["auc"] for c, v in report["per_class"].items()}
+    predictions = pd.DataFrame({"image_id": test.image_ids, "actual": [model.classes[i] for i in test.labels],
+                                "predicted": [model.classes[i] for i in proba.argmax(1)]})
+    with atomic_dir(Path(plots_dir)) as tmp, atomic_file(Path(metrics_json)) as tmp_json:
+        predictions.to_csv(tmp / "predictions.csv", index=False)
+        points.to_csv(tmp / "roc.csv", index=False)
+        save(confusion_figure(test.labels, proba.argmax(1), model.classes, f"{arm}: test confusion"), tmp / "confusion.png")
+        save(roc_figure(points, aucs, f"{arm}: test ROC (one-vs-rest)"), tmp / "roc.png")
+        tmp_json.write_text(json.dumps(document, indent=2))
+        _log_to_mlflow(params, info, report, tmp)
+    return document
+
+
+def _log_to_mlflow(params: dict, info: dict, report: dict, plots_dir: Path) -> None:
+    """Add test metrics to the training run and tag the registered version with them."""
+    configure(section(params, "mlflow", "experiment"))
+    try:
+        run = mlflow.start_run(run_id=info["run_id"])
+    except MlflowException:
+        print(f"warning: MLflow run {info['run_id']} not found in {mlflow.get_tracking_uri()}; logging to a new run")
+        run = mlflow.start_run(run_name=f"evaluate-{info.get('version')}")
+    with run:
+        mlflow.log_metrics(flat_metrics(report))
+        mlflow.log_artifacts(str(plots_dir), "test")
+        mlflow.set_tag("evaluated_on", "test (real-only, lesion-disjoint)")
+    client = mlflow.MlflowClient()
+    tags = {"test_bal_acc": f"{report['bal_acc']:.4f}",
+            "test_bal_acc_ci": f"[{report['bal_acc_ci_low']:.4f}, {report['bal_acc_ci_high']:.4f}]",
+            "test_macro_f1": f"{report['macro_f1']:.4f}",
+            **{f"test_recall_{c}": f"{v['recall']:.4f}" for c, v in report["per_class"].items()}}
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(info["registered_model"], info["version"], key, value)
+    except MlflowException as exc:
+        print(f"warning: could not tag {info['registered_model']} v{info['version']}: {exc}")
