@@ -7,7 +7,7 @@ import numpy as np
 from dermagan.evaluate.metrics import bootstrap_intervals, classification_metrics
 
 
-def test_report(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...],
+def evaluation_report(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...],
                 n_boot: int, level: float, seed: int) -> dict:
     """Headline metrics plus bootstrap CIs for balanced accuracy and each class's recall."""
     metrics = classification_metrics(y_true, proba, classes)

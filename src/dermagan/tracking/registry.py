@@ -34,7 +34,7 @@ def version_score(client: MlflowClient, name: str, version: str) -> float:
 def current_champion(client: MlflowClient, name: str) -> str | None:
     """The version that holds the ``champion`` alias, or None."""
     try:
-        return client.get_model_version_by_alias(name, CHAMPION).version
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return None
 
@@ -44,12 +44,12 @@ def best_version(client: MlflowClient, name: str) -> str:
     versions = [v for v in client.search_model_versions(f"name='{name}'") if SELECTION_TAG in v.tags]
     if not versions:
         raise DermaganError(f"no evaluated versions of '{name}' in the registry; run `dvc repro` first")
-    return max(versions, key=lambda v: (float(v.tags[SELECTION_TAG]), int(v.version))).version
+    return str(max(versions, key=lambda v: (float(v.tags[SELECTION_TAG]), int(v.version))).version)
 
 
 def promote(client: MlflowClient, name: str, version: str | None, force: bool = False) -> PromotionDecision:
     """Give ``version`` (default: the best evaluated) the champion alias if it beats the holder."""
-    version = version or best_version(client, name)
+    version = str(version or best_version(client, name))
     score = version_score(client, name, version)
     previous = current_champion(client, name)
     previous_score = version_score(client, name, previous) if previous else None

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny HAM10000-layout datasets made on the fly, and the real data location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dermagan.constants import CLASSES
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "ham10000"
+
+
+def textured_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A never-constant RGB uint8 image: a colour gradient plus noise."""
+    ramp = np.linspace(0, 120, width)[None, :, None]
+    return np.clip(ramp + rng.integers(0, 120, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def make_ham_folder(root: Path, per_class: int = 12, seed: int = 0, size=(40, 30)) -> Path:
+    """Write a HAM10000-layout folder (metadata.csv + images/) with ``per_class`` images per class.
+
+    Every second lesion has two images, so lesion grouping matters.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for dx in CLASSES:
+        for k in range(per_class):
+            image_id = f"ISIC_{len(rows):07d}"
+            lesion = f"HAM_{dx}_{k // 2 if k % 4 < 2 else k}"
+            rows.append({"lesion_id": lesion, "image_id": image_id, "dx": dx, "dx_type": "histo",
+                         "age": float(rng.integers(20, 80)), "sex": "female", "localization": "back"})
+            Image.fromarray(textured_image(rng, size[1], size[0])).save(root / "images" / f"{image_id}.jpg", quality=92)
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    return root
+
+
+@pytest.fixture
+def ham_folder(tmp_path: Path) -> Path:
+    return make_ham_folder(tmp_path / "raw")
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not (REAL_DATA / "metadata.csv").is_file():
+        pytest.skip(f"real HAM10000 data not found at {REAL_DATA} (see shared/data/README.md)")
+    return REAL_DATA
+
+
+@pytest.fixture
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throw-away sqlite MLflow store; the working directory moves to tmp_path for artifacts."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri

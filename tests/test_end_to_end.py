@@ -1,0 +1,135 @@
+"""The real pipeline (`dvc repro` of the project's dvc.yaml) on a small real subset, tiny settings.
+
+Checks the registered models, their tags, promotion to `champion`, prediction with it, the
+metrics files, that a second `dvc repro` does nothing, and that changing one arm's params
+invalidates only that arm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+PER_CLASS = 14
+BIN = Path(sys.executable).parent
+
+
+def shrunk_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"].update(image_size=32, seed=1)
+    params["validate"].update(min_class_count=1, min_class_share=0.0, max_class_share=1.0)
+    params["train"].update(epochs=1, batch_size=16)
+    params["arms"] = {"cnn": params["arms"]["cnn"], "effnet": params["arms"]["effnet"]}
+    params["evaluate"]["bootstrap_samples"] = 200
+    return params
+
+
+def real_subset(source: Path, dest: Path) -> None:
+    """PER_CLASS images of every class from the real data, in HAM10000 layout."""
+    meta = pd.read_csv(source / "metadata.csv")
+    subset = meta.sort_values("image_id").groupby("dx").head(PER_CLASS)
+    (dest / "images").mkdir(parents=True)
+    subset.to_csv(dest / "metadata.csv", index=False)
+    for image_id in subset["image_id"]:
+        shutil.copy(source / "images" / f"{image_id}.jpg", dest / "images")
+
+
+def run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, request):
+    from conftest import REAL_DATA
+
+    if not (REAL_DATA / "metadata.csv").is_file():
+        pytest.skip(f"real HAM10000 data not found at {REAL_DATA}")
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(shrunk_params(), sort_keys=False))
+    real_subset(REAL_DATA, root / "data")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "False",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
+    run(["dvc", "init", "--no-scm", "-q"], root, env)
+    first = run(["dvc", "repro"], root, env)
+    return root, env, first
+
+
+def test_pipeline_writes_metrics_and_comparison(project):
+    root, _, first = project
+    for arm in ("cnn", "effnet"):
+        doc = json.loads((root / "metrics" / f"{arm}.json").read_text())
+        test = doc["test"]
+        assert 0 <= test["bal_acc_ci_low"] <= test["bal_acc"] <= test["bal_acc_ci_high"] <= 1
+        assert set(test["per_class"]) == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
+        assert (root / "reports" / "eval" / arm / "confusion.png").stat().st_size > 0
+    table = pd.read_csv(root / "reports" / "compare" / "comparison.csv")
+    assert sorted(table["arm"]) == ["cnn", "effnet"]
+    assert (root / "reports" / "validation" / "data_docs" / "index.html").is_file()
+    assert "PASSED" in first.stdout
+
+
+def test_models_registered_with_tags_and_promoted(project):
+    root, env, _ = project
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='dermagan-classifier'")
+    assert len(versions) == 2
+    assert {v.tags["arm"] for v in versions} == {"cnn", "effnet"}
+    assert all("test_bal_acc" in v.tags and "test_recall_df" in v.tags for v in versions)
+    best = max(versions, key=lambda v: float(v.tags["test_bal_acc"]))
+    promoted = run([str(BIN / "dermagan"), "promote"], root, env)
+    assert f"promoted v{best.version}" in promoted.stdout
+    assert str(client.get_model_version_by_alias("dermagan-classifier", "champion").version) == str(best.version)
+    run_metrics = client.get_run(best.run_id).data.metrics
+    assert "val/bal_acc" in run_metrics and "test/bal_acc" in run_metrics
+
+
+def test_predict_with_champion_skips_unreadable(project):
+    root, env, _ = project
+    folder = root / "incoming"
+    folder.mkdir(exist_ok=True)
+    for image in sorted((root / "data" / "images").iterdir())[:3]:
+        shutil.copy(image, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    if not _has_champion(env):
+        run([str(BIN / "dermagan"), "promote"], root, env)
+    done = run([str(BIN / "dermagan"), "predict", "incoming", "--out", "preds.csv"], root, env)
+    preds = pd.read_csv(root / "preds.csv")
+    assert len(preds) == 3 and "broken.jpg" in done.stderr
+    assert preds.filter(like="prob_").sum(axis=1).round(4).eq(1).all()
+
+
+def test_second_repro_does_nothing_and_one_arm_change_reruns_only_it(project):
+    root, env, _ = project
+    second = run(["dvc", "repro"], root, env)
+    assert "Running stage" not in second.stdout
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["arms"]["cnn"]["class_weights"] = True
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status"], root, env).stdout
+    assert "train@cnn" in status and "train@effnet" not in status and "evaluate@effnet" not in status
+
+
+def _has_champion(env: dict) -> bool:
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        mlflow.MlflowClient().get_model_version_by_alias("dermagan-classifier", "champion")
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
