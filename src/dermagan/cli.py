@@ -42,7 +42,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dermagan.stages.evaluate import run_evaluate
 
-    doc = run_evaluate(load_params(args.params), args.arm, args.prepared, args.model_dir, args.metrics, args.plots)
+    doc = run_evaluate(load_params(args.params), args.arm, args.prepared, args.model_dir, args.metrics, args.plots,
+                       args.predictions)
     test = doc["test"]
     print(f"arm {args.arm} test bal_acc {test['bal_acc']:.4f} "
           f"[{test['bal_acc_ci_low']:.4f}, {test['bal_acc_ci_high']:.4f}]")
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--model-dir", type=Path, help="default: artifacts/models/ARM")
     p.add_argument("--metrics", type=Path, help="default: metrics/ARM.json")
-    p.add_argument("--plots", type=Path, help="default: reports/eval/ARM")
+    p.add_argument("--plots", type=Path, help="figures folder (default: reports/eval/ARM)")
+    p.add_argument("--predictions", type=Path, help="per-image test predictions (default: reports/predictions/ARM.csv)")
 
     p = add("compare", cmd_compare, "Table and figure of every arm's test metrics.")
     p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
@@ -156,7 +158,8 @@ def _default_paths(args: argparse.Namespace) -> None:
     arm = getattr(args, "arm", None)
     defaults = {"out": Path(f"artifacts/models/{arm}"), "history": Path(f"reports/train/{arm}.csv"),
                 "model_dir": Path(f"artifacts/models/{arm}"), "metrics": Path(f"metrics/{arm}.json"),
-                "plots": Path(f"reports/eval/{arm}")}
+                "plots": Path(f"reports/eval/{arm}"),
+                "predictions": Path(f"reports/predictions/{arm}.csv")}
     for key, value in defaults.items():
         if arm and getattr(args, key, "unset") is None:
             setattr(args, key, value)

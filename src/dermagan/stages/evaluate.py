@@ -34,8 +34,9 @@ def load_trained(model_dir: Path) -> tuple[NormalizedClassifier, dict]:
     return model, info
 
 
-def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metrics_json: Path, plots_dir: Path) -> dict:
-    """Score the arm on test, write the metrics file and plots, log to the arm's MLflow run."""
+def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metrics_json: Path, plots_dir: Path,
+                 predictions_csv: Path) -> dict:
+    """Score the arm on test, write the metrics file, figures and predictions; log to the arm's MLflow run."""
     cfg = section(params, "evaluate")
     model, info = load_trained(model_dir)
     test = read_split(prepared, "test")
@@ -48,17 +49,17 @@ def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metric
     aucs = {c: v["auc"] for c, v in report["per_class"].items()}
     predictions = pd.DataFrame({"image_id": test.image_ids, "actual": [model.classes[i] for i in test.labels],
                                 "predicted": [model.classes[i] for i in proba.argmax(1)]})
-    with atomic_dir(Path(plots_dir)) as tmp, atomic_file(Path(metrics_json)) as tmp_json:
-        predictions.to_csv(tmp / "predictions.csv", index=False)
-        points.to_csv(tmp / "roc.csv", index=False)
+    with (atomic_dir(Path(plots_dir)) as tmp, atomic_file(Path(metrics_json)) as tmp_json,
+          atomic_file(Path(predictions_csv)) as tmp_predictions):
+        predictions.to_csv(tmp_predictions, index=False)
         save(confusion_figure(test.labels, proba.argmax(1), model.classes, f"{arm}: test confusion"), tmp / "confusion.png")
         save(roc_figure(points, aucs, f"{arm}: test ROC (one-vs-rest)"), tmp / "roc.png")
         tmp_json.write_text(json.dumps(document, indent=2))
-        _log_to_mlflow(params, info, report, tmp)
+        _log_to_mlflow(params, info, report, tmp, {"roc_points.json": points, "predictions.json": predictions})
     return document
 
 
-def _log_to_mlflow(params: dict, info: dict, report: dict, plots_dir: Path) -> None:
+def _log_to_mlflow(params: dict, info: dict, report: dict, plots_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
     """Add test metrics to the training run and tag the registered version with them."""
     configure(section(params, "mlflow", "experiment"))
     try:
@@ -69,6 +70,8 @@ def _log_to_mlflow(params: dict, info: dict, report: dict, plots_dir: Path) -> N
     with run:
         mlflow.log_metrics(flat_metrics(report))
         mlflow.log_artifacts(str(plots_dir), "test")
+        for name, table in tables.items():
+            mlflow.log_table(table, f"test/{name}")
         mlflow.set_tag("evaluated_on", "test (real-only, lesion-disjoint)")
     client = mlflow.MlflowClient()
     tags = {"test_bal_acc": f"{report['bal_acc']:.4f}",
