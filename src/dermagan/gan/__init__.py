@@ -1,0 +1,1 @@
+"""Generative augmentation: DCGAN (per-class and class-conditional), DiffAugment, EMA, training."""
