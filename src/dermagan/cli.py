@@ -43,7 +43,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from dermagan.stages.evaluate import run_evaluate
 
     doc = run_evaluate(load_params(args.params), args.arm, args.prepared, args.model_dir, args.metrics, args.plots,
-                       args.predictions)
+                       args.predictions, args.roc)
     test = doc["test"]
     print(f"arm {args.arm} test bal_acc {test['bal_acc']:.4f} "
           f"[{test['bal_acc_ci_low']:.4f}, {test['bal_acc_ci_high']:.4f}]")
@@ -53,6 +53,29 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from dermagan.stages.compare import run_compare
 
     print(run_compare(load_params(args.params), args.metrics_dir, args.out))
+
+
+def cmd_train_gan(args: argparse.Namespace) -> None:
+    from dermagan.stages.train_gan import run_train_gan
+
+    results = run_train_gan(load_params(args.params), args.method, args.prepared, args.out, args.checkpoints)
+    for name, info in results.items():
+        print(f"{args.method} {name}: {info['images_seen']} images seen in {info['wall_seconds']:.0f} s; "
+              f"registered dermagan-generator v{info['version']}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from dermagan.stages.generate import run_generate
+
+    manifest = run_generate(load_params(args.params), args.method, args.prepared, args.gan_dir, args.out)
+    print(f"wrote {len(manifest)} images: {manifest['class'].value_counts().to_dict()}")
+
+
+def cmd_dedup(args: argparse.Namespace) -> None:
+    from dermagan.stages.dedup import run_dedup
+
+    report = run_dedup(load_params(args.params), args.prepared, args.synthetic, args.out, args.report)
+    print(f"dedup: {report['counts']} (holdout-near: {report['holdout_near']})")
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -133,10 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, help="default: metrics/ARM.json")
     p.add_argument("--plots", type=Path, help="figures folder (default: reports/eval/ARM)")
     p.add_argument("--predictions", type=Path, help="per-image test predictions (default: reports/predictions/ARM.csv)")
+    p.add_argument("--roc", type=Path, help="ROC curves on a shared FPR grid (default: reports/roc/ARM.csv)")
 
     p = add("compare", cmd_compare, "Table and figure of every arm's test metrics.")
     p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
     p.add_argument("--out", type=Path, default=Path("reports/compare"))
+
+    p = add("train-gan", cmd_train_gan, "Train DCGANs on the real train split (one per class, or one conditional).")
+    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan"])
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--out", type=Path, required=True, help="folder for the EMA generators")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
+
+    p = add("generate", cmd_generate, "Sample synthetic PNGs and a manifest from trained generators.")
+    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan"])
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--gan-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = add("dedup", cmd_dedup, "Drop synthetic near-duplicates and memorised train images (pHash + wHash).")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--synthetic", type=Path, required=True, help="folder written by `dermagan generate`")
+    p.add_argument("--out", type=Path, required=True, help="deduplicated set")
+    p.add_argument("--report", type=Path, required=True, help="report folder (counts, histogram)")
 
     p = add("promote", cmd_promote, "Move the `champion` alias to a better model version (by test balanced accuracy).")
     p.add_argument("--name", default="dermagan-classifier", help="registered model (default: %(default)s)")
@@ -159,7 +201,7 @@ def _default_paths(args: argparse.Namespace) -> None:
     defaults = {"out": Path(f"artifacts/models/{arm}"), "history": Path(f"reports/train/{arm}.csv"),
                 "model_dir": Path(f"artifacts/models/{arm}"), "metrics": Path(f"metrics/{arm}.json"),
                 "plots": Path(f"reports/eval/{arm}"),
-                "predictions": Path(f"reports/predictions/{arm}.csv")}
+                "predictions": Path(f"reports/predictions/{arm}.csv"), "roc": Path(f"reports/roc/{arm}.csv")}
     for key, value in defaults.items():
         if arm and getattr(args, key, "unset") is None:
             setattr(args, key, value)

@@ -55,6 +55,15 @@ def roc_points(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...]) 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["class", "fpr", "tpr"])
 
 
+def roc_table(points: pd.DataFrame, grid_size: int = 101) -> pd.DataFrame:
+    """ROC curves on one shared FPR grid: columns ``fpr`` and one TPR column per class (a DVC plot)."""
+    grid = np.linspace(0, 1, grid_size)
+    table = {"fpr": grid}
+    for name, group in points.groupby("class", sort=False):
+        table[name] = np.interp(grid, group["fpr"], group["tpr"])
+    return pd.DataFrame(table)
+
+
 def roc_figure(points: pd.DataFrame, aucs: dict[str, float | None], title: str) -> plt.Figure:
     """One-vs-rest ROC curves, AUC in the legend."""
     fig, ax = plt.subplots(figsize=(5.6, 5))

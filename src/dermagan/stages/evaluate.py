@@ -16,7 +16,7 @@ from dermagan.classify.models import NormalizedClassifier, create_classifier
 from dermagan.data.prepared import read_split
 from dermagan.device import pick_device
 from dermagan.errors import DermaganError
-from dermagan.evaluate.plots import confusion_figure, roc_figure, roc_points, save
+from dermagan.evaluate.plots import confusion_figure, roc_figure, roc_points, roc_table, save
 from dermagan.evaluate.report import flat_metrics, evaluation_report
 from dermagan.params import section
 from dermagan.tracking.setup import configure
@@ -35,7 +35,7 @@ def load_trained(model_dir: Path) -> tuple[NormalizedClassifier, dict]:
 
 
 def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metrics_json: Path, plots_dir: Path,
-                 predictions_csv: Path) -> dict:
+                 predictions_csv: Path, roc_csv: Path) -> dict:
     """Score the arm on test, write the metrics file, figures and predictions; log to the arm's MLflow run."""
     cfg = section(params, "evaluate")
     model, info = load_trained(model_dir)
@@ -50,8 +50,9 @@ def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metric
     predictions = pd.DataFrame({"image_id": test.image_ids, "actual": [model.classes[i] for i in test.labels],
                                 "predicted": [model.classes[i] for i in proba.argmax(1)]})
     with (atomic_dir(Path(plots_dir)) as tmp, atomic_file(Path(metrics_json)) as tmp_json,
-          atomic_file(Path(predictions_csv)) as tmp_predictions):
+          atomic_file(Path(predictions_csv)) as tmp_predictions, atomic_file(Path(roc_csv)) as tmp_roc):
         predictions.to_csv(tmp_predictions, index=False)
+        roc_table(points).to_csv(tmp_roc, index=False, float_format="%.4f")
         save(confusion_figure(test.labels, proba.argmax(1), model.classes, f"{arm}: test confusion"), tmp / "confusion.png")
         save(roc_figure(points, aucs, f"{arm}: test ROC (one-vs-rest)"), tmp / "roc.png")
         tmp_json.write_text(json.dumps(document, indent=2))
