@@ -1,0 +1,39 @@
+"""The generate stage: PNGs per method and class from the trained EMA generators, plus a manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from dermagan.atomic import atomic_dir
+from dermagan.constants import CLASSES
+from dermagan.data.prepared import read_split
+from dermagan.gan.generate import load_generator, manifest_rows, sample_images, synthetic_counts, write_pngs
+from dermagan.params import section
+
+MANIFEST = "manifest.csv"
+
+
+def run_generate(params: dict, method: str, prepared: Path, gan_dir: Path, out_dir: Path) -> pd.DataFrame:
+    """Write ``out_dir/<class>/*.png`` and ``out_dir/manifest.csv``; deterministic for ``gan.generate_seed``."""
+    cfg = section(params, "gan")
+    train = read_split(prepared, "train")
+    real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(CLASSES)}
+    counts = synthetic_counts(real_counts, list(cfg["classes"]), cfg["amount"]["mode"], float(cfg["amount"]["value"]))
+    index = json.loads((Path(gan_dir) / "generators.json").read_text())
+    seed = int(cfg["generate_seed"])
+    frames = []
+    with atomic_dir(Path(out_dir)) as tmp:
+        for offset, (dx, n) in enumerate(counts.items()):
+            name = "conditional" if method == "cdcgan" else dx
+            generator, saved = load_generator(Path(gan_dir) / f"{name}.pt")
+            label = saved["classes"].index(dx) if method == "cdcgan" else None
+            images = sample_images(generator, n, seed + offset, label)
+            files = write_pngs(images, tmp / dx, f"{method}_{dx}")
+            rows = manifest_rows([f"{dx}/{f}" for f in files], dx, index[name]["version"], seed + offset)
+            frames.append(rows)
+        manifest = pd.concat(frames, ignore_index=True)
+        manifest.to_csv(tmp / MANIFEST, index=False)
+    return manifest

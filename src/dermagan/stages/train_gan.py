@@ -1,0 +1,116 @@
+"""The train_gan stage: DCGANs on the real **train** split only, logged and registered in MLflow.
+
+``method: dcgan`` trains one unconditional GAN per augmented class; ``method: cdcgan`` trains one
+class-conditional GAN on all augmented classes. Val and test images are never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from dermagan.atomic import atomic_dir
+from dermagan.constants import CLASSES
+from dermagan.data.prepared import read_split
+from dermagan.device import pick_device
+from dermagan.errors import DermaganError
+from dermagan.gan.train import GanConfig, GanTrainer, resume_gan, train_gan
+from dermagan.params import section
+from dermagan.tracking.setup import configure, flatten, standard_tags
+
+METHODS = ("dcgan", "cdcgan")
+GENERATOR_MODEL = "dermagan-generator"
+
+
+def gan_config(params: dict, num_classes: int | None) -> GanConfig:
+    """GanConfig from the ``gan`` block; the image size is the prepared one."""
+    cfg = section(params, "gan")
+    fields = {k: cfg[k] for k in GanConfig.__dataclass_fields__ if k in cfg}
+    return GanConfig(**{**fields, "image_size": int(section(params, "prepare", "image_size")),
+                        "num_classes": num_classes})
+
+
+def augmented_classes(params: dict) -> list[str]:
+    classes = list(section(params, "gan", "classes"))
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown or not classes:
+        raise DermaganError(f"params: gan.classes must be a non-empty subset of {list(CLASSES)}, got {classes}")
+    return classes
+
+
+def training_sets(params: dict, method: str, prepared: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """Name -> (uint8 NCHW train images, label index within the GAN's classes, classes)."""
+    if method not in METHODS:
+        raise DermaganError(f"unknown GAN method '{method}'; choose one of {METHODS}")
+    train = read_split(prepared, "train")
+    classes = augmented_classes(params)
+    images = torch.from_numpy(train.images).permute(0, 3, 1, 2)
+    wanted = [CLASSES.index(c) for c in classes]
+    if method == "cdcgan":
+        mask = np.isin(train.labels, wanted)
+        lookup = np.full(len(CLASSES), -1)
+        lookup[wanted] = np.arange(len(wanted))
+        local = torch.from_numpy(lookup[train.labels[mask]])
+        return {"conditional": (images[torch.from_numpy(mask)], local, classes)}
+    sets = {}
+    for name, index in zip(classes, wanted):
+        mask = torch.from_numpy(train.labels == index)
+        sets[name] = (images[mask], torch.zeros(int(mask.sum()), dtype=torch.long), [name])
+    return sets
+
+
+def run_train_gan(params: dict, method: str, prepared: Path, out_dir: Path, checkpoint_dir: Path) -> dict:
+    """Train every GAN of ``method``; write generator weights and an index JSON to ``out_dir``."""
+    device = pick_device(section(params, "train", "device"))
+    configure(section(params, "gan", "experiment"))
+    results = {}
+    with atomic_dir(Path(out_dir)) as tmp:
+        for name, (images, labels, classes) in training_sets(params, method, prepared).items():
+            cfg = gan_config(params, len(classes) if method == "cdcgan" else None)
+            trainer = GanTrainer(cfg, images, labels, device)
+            results[name] = _train_one(trainer, method, name, classes, Path(checkpoint_dir) / method / f"{name}.pt")
+            torch.save({"state_dict": trainer.G_ema.state_dict(), "config": asdict(cfg), "classes": classes},
+                       tmp / f"{name}.pt")
+        (tmp / "generators.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _train_one(trainer: GanTrainer, method: str, name: str, classes: list[str], checkpoint: Path) -> dict:
+    """One GAN run: resume if possible, log losses and sample grids, register the EMA generator."""
+    resumed = resume_gan(trainer, checkpoint)
+    started, cfg = time.perf_counter(), trainer.cfg
+    with mlflow.start_run(run_name=f"{method}-{name}"):
+        mlflow.set_tags(standard_tags("train_gan", method=method, gan_classes=",".join(classes),
+                                      data="real train split only", resumed=resumed))
+        mlflow.log_params({**flatten(asdict(cfg)), "n_train_images": len(trainer.images)})
+        log_every = max(1, 1000 // cfg.batch_size)
+
+        def on_step(seen: int, losses: dict) -> None:
+            if trainer.step_count == 1 or trainer.step_count % log_every == 0:
+                mlflow.log_metrics(losses, step=seen)
+
+        def on_snapshot(seen: int, grid: torch.Tensor) -> None:
+            mlflow.log_image(grid.permute(1, 2, 0).numpy(), key="samples", step=seen)
+
+        train_gan(trainer, checkpoint, on_step=on_step, on_snapshot=on_snapshot)
+        wall = time.perf_counter() - started
+        mlflow.log_metrics({"gan/wall_seconds": wall, "gan/images_seen": trainer.images_seen})
+        example = np.zeros((1, cfg.latent_dim), dtype=np.float32)
+        info = mlflow.pytorch.log_model(trainer.G_ema.cpu(), name="generator", registered_model_name=GENERATOR_MODEL,
+                                        input_example=example if not cfg.num_classes else None,
+                                        serialization_format="pickle")
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient()
+        for key, value in {"method": method, "gan_classes": ",".join(classes), "images_seen": trainer.images_seen,
+                           "conditional": bool(cfg.num_classes)}.items():
+            client.set_model_version_tag(GENERATOR_MODEL, version, key, str(value))
+        run_id = mlflow.active_run().info.run_id
+    checkpoint.unlink(missing_ok=True)
+    return {"run_id": run_id, "version": version, "classes": classes, "images_seen": trainer.images_seen,
+            "wall_seconds": wall}

@@ -1,0 +1,61 @@
+"""train-gan -> generate -> dedup stages on tiny made-up data with a real sqlite MLflow registry."""
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import make_ham_folder
+from dermagan.data.prepare import PrepareConfig, prepare_dataset
+from dermagan.stages.dedup import run_dedup
+from dermagan.stages.generate import run_generate
+from dermagan.stages.train_gan import GENERATOR_MODEL, run_train_gan
+
+
+def tiny_params() -> dict:
+    return {
+        "prepare": {"image_size": 16},
+        "train": {"device": "cpu"},
+        "gan": {"classes": ["df", "vasc"], "amount": {"mode": "count", "value": 6}, "latent_dim": 8, "ngf": 8,
+                "ndf": 8, "d_dropout": 0.3, "loss": "hinge", "label_smoothing": 0.0, "lr_g": 2e-4, "lr_d": 2e-4,
+                "beta1": 0.5, "beta2": 0.999, "batch_size": 4, "total_images": 16, "ema_half_life_images": 8,
+                "diffaugment": "color,translation,cutout", "snapshot_every_images": 8,
+                "checkpoint_every_images": 8, "grid_size": 4, "seed": 0, "generate_seed": 7,
+                "experiment": "gan-test"},
+        "dedup": {"hash_size": 8, "whash_image_scale": 16, "thresholds": {"phash": 10, "whash": 10}},
+    }
+
+
+@pytest.fixture
+def prepared(tmp_path, tracking) -> Path:
+    raw = make_ham_folder(tmp_path / "raw", per_class=10)
+    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(16, 0.2, 0.2, 0))
+    return tmp_path / "prepared"
+
+
+@pytest.mark.parametrize("method", ["dcgan", "cdcgan"])
+def test_train_generate_dedup(prepared, tmp_path, method):
+    params = tiny_params()
+    results = run_train_gan(params, method, prepared, tmp_path / "gan", tmp_path / "ckpt")
+    expected = ["df", "vasc"] if method == "dcgan" else ["conditional"]
+    assert sorted(results) == expected and all((tmp_path / "gan" / f"{n}.pt").is_file() for n in expected)
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name='{GENERATOR_MODEL}'")
+    assert len(versions) == len(expected) and all(v.tags["method"] == method for v in versions)
+    run = client.get_run(results[expected[0]]["run_id"])
+    assert "gan/d_loss" in run.data.metrics and run.data.metrics["gan/images_seen"] == 16
+    assert not list((tmp_path / "ckpt").rglob("*.pt")), "checkpoints are removed after a finished run"
+
+    manifest = run_generate(params, method, prepared, tmp_path / "gan", tmp_path / "synthetic")
+    assert manifest["class"].value_counts().to_dict() == {"df": 6, "vasc": 6}
+    again = run_generate(params, method, prepared, tmp_path / "gan", tmp_path / "synthetic2")
+    first_png = manifest["file"].iloc[0]
+    assert (tmp_path / "synthetic" / first_png).read_bytes() == (tmp_path / "synthetic2" / first_png).read_bytes()
+    assert list(again["latent_index"]) == list(manifest["latent_index"])
+
+    report = run_dedup(params, prepared, tmp_path / "synthetic", tmp_path / "dedup", tmp_path / "dedup_report")
+    assert sum(report["counts"].values()) == 12 and report["holdout_near"] == 0
+    kept = pd.read_csv(tmp_path / "dedup" / "manifest.csv")
+    assert len(kept) == report["counts"]["kept"] and (kept["reason"] == "kept").all()
+    assert (tmp_path / "dedup_report" / "nearest_train_distance.png").stat().st_size > 0
