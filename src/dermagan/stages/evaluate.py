@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import torch
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from dermagan.atomic import atomic_dir, atomic_file
@@ -63,17 +65,21 @@ def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metric
 def _log_to_mlflow(params: dict, info: dict, report: dict, plots_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
     """Add test metrics to the training run and tag the registered version with them."""
     configure(section(params, "mlflow", "experiment"))
+    client = mlflow.MlflowClient()
+    run_id = info["run_id"]
     try:
-        run = mlflow.start_run(run_id=info["run_id"])
+        client.get_run(run_id)
     except MlflowException:
-        print(f"warning: MLflow run {info['run_id']} not found in {mlflow.get_tracking_uri()}; logging to a new run")
-        run = mlflow.start_run(run_name=f"evaluate-{info.get('version')}")
-    with run:
-        mlflow.log_metrics(flat_metrics(report))
-        mlflow.log_artifacts(str(plots_dir), "test")
-        for name, table in tables.items():
-            mlflow.log_table(table, f"test/{name}")
-        mlflow.set_tag("evaluated_on", "test (real-only, lesion-disjoint)")
+        print(f"warning: MLflow run {run_id} not found in {mlflow.get_tracking_uri()}; logging to a new run")
+        with mlflow.start_run(run_name=f"evaluate-{info.get('version')}") as run:
+            run_id = run.info.run_id
+    # Logged through the client so the training run keeps its own start/end time and status.
+    timestamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp, 0) for k, v in flat_metrics(report).items()],
+                     tags=[RunTag("evaluated_on", "test (real-only, lesion-disjoint)")])
+    client.log_artifacts(run_id, str(plots_dir), "test")
+    for name, table in tables.items():
+        mlflow.log_table(table, f"test/{name}", run_id=run_id)
     client = mlflow.MlflowClient()
     tags = {"test_bal_acc": f"{report['bal_acc']:.4f}",
             "test_bal_acc_ci": f"[{report['bal_acc_ci_low']:.4f}, {report['bal_acc_ci_high']:.4f}]",
