@@ -29,6 +29,7 @@ def run_validate(params: dict, prepared: Path, raw_dir: Path, out_dir: Path) -> 
     failed_dir = out_dir.with_name(out_dir.name + "-failed")
     with atomic_dir(failed_dir) as tmp:
         report = validate_prepared(Path(prepared), Path(raw_dir), thresholds_from(params), tmp / "data_docs")
+        report.docs_index = "data_docs/index.html"  # relative to summary.json, wherever the folder ends up
         (tmp / "summary.json").write_text(json.dumps(report.to_dict(), indent=2))
         (tmp / "summary.txt").write_text(report.summary_text() + "\n")
         _log_to_mlflow(params, report, tmp)
