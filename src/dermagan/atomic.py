@@ -52,11 +52,3 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
-
-def remove_outputs(*paths: Path) -> None:
-    """Delete stage outputs (files or folders) that exist."""
-    for path in map(Path, paths):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()

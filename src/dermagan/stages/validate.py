@@ -32,7 +32,12 @@ def run_validate(params: dict, prepared: Path, raw_dir: Path, out_dir: Path) -> 
         report.docs_index = "data_docs/index.html"  # relative to summary.json, wherever the folder ends up
         (tmp / "summary.json").write_text(json.dumps(report.to_dict(), indent=2))
         (tmp / "summary.txt").write_text(report.summary_text() + "\n")
+        report.class_balance.to_csv(tmp / "class_balance.csv", index=False, float_format="%.4f")
         _log_to_mlflow(params, report, tmp)
+    cfg = section(params, "validate")
+    print(f"class balance (thresholds: count >= {cfg['min_class_count']}, "
+          f"{cfg['min_class_share']} <= share <= {cfg['max_class_share']} in every split):")
+    print(report.class_balance.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(report.summary_text())
     if not report.success:
         raise DermaganError(f"data validation failed; Data Docs and summary in {failed_dir}/\n{report.summary_text()}")

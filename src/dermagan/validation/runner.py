@@ -44,6 +44,7 @@ class ValidationReport:
     failures: list[dict] = field(default_factory=list)
     statistics: dict[str, dict] = field(default_factory=dict)
     docs_index: str | None = None
+    class_balance: pd.DataFrame | None = None  # counts and shares per class x split (not in to_dict)
 
     def summary_text(self) -> str:
         """Short readable lines: one per failed expectation, then a line with the counts."""
@@ -173,7 +174,10 @@ def validate_prepared(prepared_dir: Path, raw_dir: Path, thresholds: Thresholds,
     """Read a prepared folder, build the frames and validate them against the raw images."""
     table = read_split_table(Path(prepared_dir))
     arrays = {split: read_split(Path(prepared_dir), split) for split in SPLITS}
-    return validate_frames(build_frames(table, arrays, Path(raw_dir)), thresholds, docs_dir)
+    frames = build_frames(table, arrays, Path(raw_dir))
+    report = validate_frames(frames, thresholds, docs_dir)
+    report.class_balance = class_balance_table(frames["classes"])
+    return report
 
 
 def class_balance_table(class_frame_: pd.DataFrame) -> pd.DataFrame:
