@@ -59,3 +59,13 @@ def test_train_generate_dedup(prepared, tmp_path, method):
     kept = pd.read_csv(tmp_path / "dedup" / "manifest.csv")
     assert len(kept) == report["counts"]["kept"] and (kept["reason"] == "kept").all()
     assert (tmp_path / "dedup_report" / "nearest_train_distance.png").stat().st_size > 0
+
+
+def test_calibrate_dedup_writes_report(prepared, tmp_path):
+    from dermagan.stages.calibrate_dedup import run_calibrate_dedup
+
+    summary = run_calibrate_dedup(tiny_params(), prepared, tmp_path / "calibration", sample=20)
+    assert summary["images"] == 70 and summary["same_lesion_pairs"] > 0
+    assert 0 <= summary["phash"]["other_lesion_flagged_at_threshold"] <= 1
+    table = pd.read_csv(tmp_path / "calibration" / "thresholds.csv")
+    assert set(table["kind"]) == {"phash", "whash"} and (tmp_path / "calibration" / "distances.png").is_file()

@@ -7,6 +7,7 @@ them), then calls plain library functions.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -76,6 +77,13 @@ def cmd_dedup(args: argparse.Namespace) -> None:
 
     report = run_dedup(load_params(args.params), args.prepared, args.synthetic, args.out, args.report)
     print(f"dedup: {report['counts']} (holdout-near: {report['holdout_near']})")
+
+
+def cmd_calibrate_dedup(args: argparse.Namespace) -> None:
+    from dermagan.stages.calibrate_dedup import run_calibrate_dedup
+
+    summary = run_calibrate_dedup(load_params(args.params), args.prepared, args.out)
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -179,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=Path, required=True, help="folder written by `dermagan generate`")
     p.add_argument("--out", type=Path, required=True, help="deduplicated set")
     p.add_argument("--report", type=Path, required=True, help="report folder (counts, histogram)")
+
+    p = add("calibrate-dedup", cmd_calibrate_dedup,
+            "Hash distances of same-lesion photo pairs vs nearest other lesions, to choose dedup thresholds.")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--out", type=Path, default=Path("reports/dedup/calibration"))
 
     p = add("promote", cmd_promote, "Move the `champion` alias to a better model version (by test balanced accuracy).")
     p.add_argument("--name", default="dermagan-classifier", help="registered model (default: %(default)s)")
