@@ -141,7 +141,7 @@ def save_checkpoint(trainer: Trainer, path: Path, extra: dict) -> None:
 
 def load_checkpoint(trainer: Trainer, path: Path) -> dict:
     """Restore ``trainer`` from ``path`` if its config matches; return the saved ``extra``."""
-    state = torch.load(path, map_location=trainer.device, weights_only=False)
+    state = torch.load(path, map_location=trainer.device, weights_only=True)
     if state["config"] != asdict(trainer.cfg):
         return {}
     trainer.load_state_dict(state)

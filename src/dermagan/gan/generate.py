@@ -32,7 +32,7 @@ def synthetic_counts(real_counts: dict[str, int], classes: list[str], mode: str,
 
 def load_generator(path: Path) -> tuple[Generator, dict]:
     """Rebuild the EMA generator written by the train_gan stage."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     cfg = saved["config"]
     g = Generator(cfg["image_size"], cfg["latent_dim"], cfg["ngf"], cfg["num_classes"])
     g.load_state_dict(saved["state_dict"])

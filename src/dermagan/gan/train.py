@@ -156,7 +156,7 @@ def resume_gan(trainer: GanTrainer, path: Path) -> bool:
     """Load ``path`` into ``trainer`` if it exists and was written with the same config."""
     if not path.exists():
         return False
-    state = torch.load(path, map_location=trainer.device, weights_only=False)
+    state = torch.load(path, map_location=trainer.device, weights_only=True)
     if state["config"] != asdict(trainer.cfg):
         return False
     trainer.load_state_dict(state)

@@ -19,7 +19,7 @@ from dermagan.data.prepared import read_split
 from dermagan.device import pick_device
 from dermagan.errors import DermaganError
 from dermagan.evaluate.plots import confusion_figure, roc_figure, roc_points, roc_table, save
-from dermagan.evaluate.report import flat_metrics, evaluation_report
+from dermagan.evaluate.report import evaluation_report, flat_metrics
 from dermagan.params import section
 from dermagan.tracking.setup import configure
 
@@ -45,7 +45,7 @@ def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metric
     device = pick_device(section(params, "train", "device"))
     proba = predict_proba(model.to(device), test.images, int(cfg["batch_size"]), device)
     report = evaluation_report(test.labels, proba, model.classes, int(cfg["bootstrap_samples"]),
-                         float(cfg["ci_level"]), int(cfg["seed"]))
+                               float(cfg["ci_level"]), int(cfg["seed"]))
     document = {"arm": arm, "model_version": info["version"], "test": report}
     points = roc_points(test.labels, proba, model.classes)
     aucs = {c: v["auc"] for c, v in report["per_class"].items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -42,8 +43,6 @@ def run_validate(params: dict, prepared: Path, raw_dir: Path, out_dir: Path) -> 
     if not report.success:
         raise DermaganError(f"data validation failed; Data Docs and summary in {failed_dir}/\n{report.summary_text()}")
     if out_dir.exists():
-        import shutil
-
         shutil.rmtree(out_dir)
     failed_dir.rename(out_dir)
 
