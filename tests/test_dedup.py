@@ -207,3 +207,21 @@ def test_hashes_equal_imagehash_on_real_images():
     assert [to_imagehash_hex(h) for h in phash_batch(images)] == [str(imagehash.phash(im)) for im in images]
     expected = [str(imagehash.whash(im, image_scale=64)) for im in images]
     assert [to_imagehash_hex(h) for h in whash_batch(images, image_scale=64)] == expected
+
+
+def test_rule_all_needs_every_hash_close_to_the_same_image():
+    rng = np.random.default_rng(11)
+    train = {kind: rng.integers(0, 256, (20, 8), dtype=np.uint8) for kind in KINDS}
+    synthetic = {kind: rng.integers(0, 256, (3, 8), dtype=np.uint8) for kind in KINDS}
+    synthetic["phash"][0], synthetic["whash"][0] = train["phash"][4], train["whash"][9]  # split match
+    synthetic["phash"][1], synthetic["whash"][1] = train["phash"][7], train["whash"][7]  # a copy of train 7
+    holdout = {kind: v[:0] for kind, v in train.items()}
+    thresholds = {"phash": 4, "whash": 4}
+    any_rule = deduplicate(synthetic, train, holdout, thresholds, rule="any")
+    all_rule = deduplicate(synthetic, train, holdout, thresholds, rule="all")
+    assert any_rule.reason.tolist() == ["memorised_train", "memorised_train", "kept"]
+    assert all_rule.reason.tolist() == ["kept", "memorised_train", "kept"]
+    near_copy = {kind: np.vstack([v, v[:1]]) for kind, v in synthetic.items()}
+    assert deduplicate(near_copy, train, holdout, thresholds, rule="all").reason[-1] == "near_duplicate_synthetic"
+    with pytest.raises(DermaganError, match="rule"):
+        deduplicate(synthetic, train, holdout, thresholds, rule="most")

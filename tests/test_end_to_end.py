@@ -1,8 +1,9 @@
 """The real pipeline (`dvc repro` of the project's dvc.yaml) on a small real subset, tiny settings.
 
-Checks the registered models, their tags, promotion to `champion`, prediction with it, the
-metrics files, that a second `dvc repro` does nothing, and that changing one arm's params
-invalidates only that arm.
+Runs every stage, a DCGAN arm included: GAN training, generation, dedup, fidelity, augmented-set
+validation, a classifier on real + synthetic images and the seeded comparison. Checks the
+registered models, their tags, promotion to `champion`, prediction with it, the metrics files,
+that a second `dvc repro` does nothing, and that changing one arm's params invalidates only that arm.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 PER_CLASS = 14
+ARMS = ("cnn", "effnet", "cnn_ros", "cnn_dcgan")
 BIN = Path(sys.executable).parent
 
 
@@ -30,8 +32,14 @@ def shrunk_params() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["prepare"].update(image_size=32, seed=1)
     params["validate"].update(min_class_count=1, min_class_share=0.0, max_class_share=1.0)
-    params["train"].update(epochs=1, batch_size=16)
-    params["arms"] = {"cnn": params["arms"]["cnn"], "effnet": params["arms"]["effnet"]}
+    params["train"].update(epochs=1, batch_size=16, seeds=[0])
+    cnn = {"backbone": "simple_cnn", "pretrained": None, "augment": False, "class_weights": False}
+    params["arms"] = {"cnn": {**cnn, "extra": None}, "effnet": params["arms"]["effnet"],
+                      "cnn_ros": {**cnn, "extra": "oversample"}, "cnn_dcgan": {**cnn, "extra": "dcgan/dedup"}}
+    params["gan"].update(methods=["dcgan"], classes=["df", "vasc"], amount={"mode": "count", "value": 4},
+                         ngf=8, ndf=8, batch_size=8, total_images=48, ema_half_life_images=16,
+                         snapshot_every_images=24, checkpoint_every_images=24, grid_size=4)
+    params["fidelity"].update(feature_size=32, grid_images=3)
     params["evaluate"]["bootstrap_samples"] = 200
     return params
 
@@ -72,16 +80,43 @@ def project(tmp_path_factory, request):
 
 def test_pipeline_writes_metrics_and_comparison(project):
     root, _, first = project
-    for arm in ("cnn", "effnet"):
-        doc = json.loads((root / "metrics" / f"{arm}.json").read_text())
+    for arm in ARMS:
+        doc = json.loads((root / "metrics" / "runs" / f"{arm}-s0.json").read_text())
         test = doc["test"]
+        assert doc["seed"] == 0
         assert 0 <= test["bal_acc_ci_low"] <= test["bal_acc"] <= test["bal_acc_ci_high"] <= 1
         assert set(test["per_class"]) == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
-        assert (root / "reports" / "eval" / arm / "confusion.png").stat().st_size > 0
-    table = pd.read_csv(root / "reports" / "compare" / "comparison.csv")
-    assert sorted(table["arm"]) == ["cnn", "effnet"]
+        assert (root / "reports" / "eval" / f"{arm}-s0" / "confusion.png").stat().st_size > 0
+    table = pd.read_csv(root / "reports" / "compare" / "arms.csv")
+    assert sorted(table["arm"]) == sorted(ARMS)
+    assert "cnn_dcgan" in (root / "reports" / "compare" / "comparison.md").read_text()
     assert (root / "reports" / "validation" / "data_docs" / "index.html").is_file()
     assert "PASSED" in first.stdout
+
+
+def test_gan_arm_trains_on_real_plus_deduplicated_synthetic(project):
+    root, env, _ = project
+    dedup = json.loads((root / "reports" / "dedup" / "dcgan" / "report.json").read_text())
+    assert sum(dedup["counts"].values()) == 2 * 6  # ceil(4 x candidates_factor 1.5) per class
+    kept = pd.read_csv(root / "artifacts" / "synthetic" / "dcgan" / "dedup" / "manifest.csv")
+    assert len(kept) == dedup["counts"]["kept"] and set(kept["class"]) <= {"df", "vasc"}
+    extra = pd.read_csv(root / "artifacts" / "trainsets" / "cnn_dcgan" / "extra.csv")
+    assert extra["class"].value_counts().to_dict() == {"df": 4, "vasc": 4}
+    assert set(extra["source"]) <= set(kept["file"])
+    summary = json.loads((root / "reports" / "validation_augmented" / "cnn_dcgan" / "summary.json").read_text())
+    assert summary["success"] and summary["n_extra"] == 8
+    ros = pd.read_csv(root / "artifacts" / "trainsets" / "cnn_ros" / "extra.csv")
+    assert ros["source"].str.startswith("copy:").all() and len(ros) == 8
+    fidelity = json.loads((root / "metrics" / "fidelity" / "dcgan.json").read_text())
+    assert set(fidelity["classes"]) == {"df", "vasc"}
+    assert (root / "reports" / "fidelity" / "dcgan" / "real_vs_synthetic.png").stat().st_size > 0
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    generators = client.search_model_versions("name='dermagan-generator'")
+    assert {v.tags["gan_classes"] for v in generators} == {"df", "vasc"}
+    run = client.get_run(json.loads((root / "artifacts" / "models" / "cnn_dcgan-s0" / "mlflow.json").read_text())
+                         ["run_id"])
+    assert run.data.params["n_extra"] == "8" and run.data.tags["extra"] == "dcgan/dedup"
 
 
 def test_models_registered_with_tags_and_promoted(project):
@@ -89,8 +124,8 @@ def test_models_registered_with_tags_and_promoted(project):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
     versions = client.search_model_versions("name='dermagan-classifier'")
-    assert len(versions) == 2
-    assert {v.tags["arm"] for v in versions} == {"cnn", "effnet"}
+    assert len(versions) == len(ARMS)
+    assert {v.tags["arm"] for v in versions} == set(ARMS)
     assert all("test_bal_acc" in v.tags and "test_recall_df" in v.tags for v in versions)
     best = max(versions, key=lambda v: float(v.tags["test_bal_acc"]))
     promoted = run([str(BIN / "dermagan"), "promote"], root, env)
@@ -123,7 +158,8 @@ def test_second_repro_does_nothing_and_one_arm_change_reruns_only_it(project):
     params["arms"]["cnn"]["class_weights"] = True
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], root, env).stdout
-    assert "train@cnn" in status and "train@effnet" not in status and "evaluate@effnet" not in status
+    assert "train@cnn-0" in status and "train@effnet-0" not in status and "evaluate@effnet-0" not in status
+    assert "train_gan@dcgan" not in status and "train@cnn_dcgan-0" not in status
 
 
 def _has_champion(env: dict) -> bool:

@@ -35,25 +35,45 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from dermagan.stages.train import run_train
 
-    info = run_train(load_params(args.params), args.arm, args.prepared, args.out, args.history, args.checkpoints)
-    print(f"arm {args.arm}: best val bal_acc {info['best_val_bal_acc']:.4f} at epoch {info['best_epoch']}; "
+    info = run_train(load_params(args.params), args.arm, args.seed, args.prepared, args.trainset, args.out,
+                     args.history, args.checkpoints)
+    print(f"arm {args.arm} seed {args.seed}: best val bal_acc {info['best_val_bal_acc']:.4f} at epoch {info['best_epoch']}; "
           f"registered {info['registered_model']} v{info['version']} (run {info['run_id']})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dermagan.stages.evaluate import run_evaluate
 
-    doc = run_evaluate(load_params(args.params), args.arm, args.prepared, args.model_dir, args.metrics, args.plots,
+    doc = run_evaluate(load_params(args.params), args.arm, args.seed, args.prepared, args.model_dir, args.metrics, args.plots,
                        args.predictions, args.roc)
     test = doc["test"]
-    print(f"arm {args.arm} test bal_acc {test['bal_acc']:.4f} "
+    print(f"arm {args.arm} seed {args.seed} test bal_acc {test['bal_acc']:.4f} "
           f"[{test['bal_acc_ci_low']:.4f}, {test['bal_acc_ci_high']:.4f}]")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from dermagan.stages.compare import run_compare
 
-    print(run_compare(load_params(args.params), args.metrics_dir, args.out))
+    from dermagan.atomic import atomic_file
+
+    print(run_compare(load_params(args.params), args.metrics_dir, args.out, args.predictions_dir))
+    if args.summary:  # a DVC metrics file may not live inside the report folder (a stage output)
+        with atomic_file(args.summary) as tmp:
+            tmp.write_bytes((args.out / "summary.json").read_bytes())
+
+
+def cmd_validate_augmented(args: argparse.Namespace) -> None:
+    from dermagan.stages.validate_augmented import run_validate_augmented
+
+    run_validate_augmented(load_params(args.params), args.arm, args.prepared, args.synthetic_root, args.out,
+                           args.report)
+
+
+def cmd_fidelity(args: argparse.Namespace) -> None:
+    from dermagan.stages.fidelity import run_fidelity
+
+    run_fidelity(load_params(args.params), args.method, args.prepared, args.synthetic_root, args.dedup_report,
+                 args.gan_dir, args.metrics, args.plots)
 
 
 def cmd_train_gan(args: argparse.Namespace) -> None:
@@ -150,25 +170,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, default=Path("data"))
     p.add_argument("--out", type=Path, default=Path("reports/validation"))
 
-    p = add("train", cmd_train, "Train one classifier arm (see `arms` in params.yaml) and register it.")
+    p = add("validate-augmented", cmd_validate_augmented,
+            "Assemble one arm's extra training images (GAN or oversampled) and check them with Great Expectations.")
     p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--out", type=Path, help="model folder (default: artifacts/models/ARM)")
-    p.add_argument("--history", type=Path, help="per-epoch CSV (default: reports/train/ARM.csv)")
+    p.add_argument("--synthetic-root", type=Path, default=Path("artifacts/synthetic"),
+                   help="holds <method>/generated and <method>/dedup (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="checked extras for training (default: artifacts/trainsets/ARM)")
+    p.add_argument("--report", type=Path, help="report + Data Docs (default: reports/validation_augmented/ARM)")
+
+    p = add("train", cmd_train, "Train one classifier arm (see `arms` in params.yaml) with one seed and register it.")
+    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
+    p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--trainset", type=Path, help="extras from validate-augmented (default: artifacts/trainsets/ARM)")
+    p.add_argument("--out", type=Path, help="model folder (default: artifacts/models/ARM-sSEED)")
+    p.add_argument("--history", type=Path, help="per-epoch CSV (default: reports/train/ARM-sSEED.csv)")
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
 
-    p = add("evaluate", cmd_evaluate, "Score one trained arm on the real-only test split.")
+    p = add("evaluate", cmd_evaluate, "Score one trained arm and seed on the real-only test split.")
     p.add_argument("--arm", required=True)
+    p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--model-dir", type=Path, help="default: artifacts/models/ARM")
-    p.add_argument("--metrics", type=Path, help="default: metrics/ARM.json")
-    p.add_argument("--plots", type=Path, help="figures folder (default: reports/eval/ARM)")
-    p.add_argument("--predictions", type=Path, help="per-image test predictions (default: reports/predictions/ARM.csv)")
-    p.add_argument("--roc", type=Path, help="ROC curves on a shared FPR grid (default: reports/roc/ARM.csv)")
+    p.add_argument("--model-dir", type=Path, help="default: artifacts/models/ARM-sSEED")
+    p.add_argument("--metrics", type=Path, help="default: metrics/ARM-sSEED.json")
+    p.add_argument("--plots", type=Path, help="figures folder (default: reports/eval/ARM-sSEED)")
+    p.add_argument("--predictions", type=Path,
+                   help="per-image test predictions (default: reports/predictions/ARM-sSEED.csv)")
+    p.add_argument("--roc", type=Path, help="ROC curves on a shared FPR grid (default: reports/roc/ARM-sSEED.csv)")
 
-    p = add("compare", cmd_compare, "Table and figure of every arm's test metrics.")
+    p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
     p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
+    p.add_argument("--predictions-dir", type=Path, default=Path("reports/predictions"))
     p.add_argument("--out", type=Path, default=Path("reports/compare"))
+    p.add_argument("--summary", type=Path, help="also write the summary (means, spreads, verdicts) here, "
+                   "e.g. a DVC metrics file")
 
     p = add("train-gan", cmd_train_gan, "Train DCGANs on the real train split (one per class, or one conditional).")
     p.add_argument("--method", required=True, choices=["dcgan", "cdcgan"])
@@ -187,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=Path, required=True, help="folder written by `dermagan generate`")
     p.add_argument("--out", type=Path, required=True, help="deduplicated set")
     p.add_argument("--report", type=Path, required=True, help="report folder (counts, histogram)")
+
+    p = add("fidelity", cmd_fidelity, "FID/KID (EfficientNet-Lite0 features), k-NN precision/recall and "
+            "real-vs-synthetic figures per class.")
+    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan"])
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--synthetic-root", type=Path, help="default: artifacts/synthetic/METHOD")
+    p.add_argument("--dedup-report", type=Path, help="default: reports/dedup/METHOD")
+    p.add_argument("--gan-dir", type=Path, help="default: artifacts/gan/METHOD")
+    p.add_argument("--metrics", type=Path, help="default: metrics/fidelity/METHOD.json")
+    p.add_argument("--plots", type=Path, help="default: reports/fidelity/METHOD")
 
     p = add("calibrate-dedup", cmd_calibrate_dedup,
             "Hash distances of same-lesion photo pairs vs nearest other lesions, to choose dedup thresholds.")
@@ -210,20 +256,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_paths(args: argparse.Namespace) -> None:
-    arm = getattr(args, "arm", None)
-    defaults = {"out": Path(f"artifacts/models/{arm}"), "history": Path(f"reports/train/{arm}.csv"),
-                "model_dir": Path(f"artifacts/models/{arm}"), "metrics": Path(f"metrics/{arm}.json"),
-                "plots": Path(f"reports/eval/{arm}"),
-                "predictions": Path(f"reports/predictions/{arm}.csv"), "roc": Path(f"reports/roc/{arm}.csv")}
+    """Fill unset paths from the arm and seed (train/evaluate), arm (validate-augmented) or method (fidelity)."""
+    arm, method = getattr(args, "arm", None), getattr(args, "method", None)
+    if arm and hasattr(args, "seed") and args.seed is None:
+        args.seed = int(load_params(args.params)["train"]["seeds"][0])
+    run = f"{arm}-s{getattr(args, 'seed', None)}"
+    if args.command == "validate-augmented":
+        defaults = {"out": Path(f"artifacts/trainsets/{arm}"), "report": Path(f"reports/validation_augmented/{arm}")}
+    elif args.command == "fidelity":
+        defaults = {"synthetic_root": Path(f"artifacts/synthetic/{method}"),
+                    "dedup_report": Path(f"reports/dedup/{method}"), "gan_dir": Path(f"artifacts/gan/{method}"),
+                    "metrics": Path(f"metrics/fidelity/{method}.json"), "plots": Path(f"reports/fidelity/{method}")}
+    elif arm:
+        defaults = {"out": Path(f"artifacts/models/{run}"), "history": Path(f"reports/train/{run}.csv"),
+                    "trainset": Path(f"artifacts/trainsets/{arm}"), "model_dir": Path(f"artifacts/models/{run}"),
+                    "metrics": Path(f"metrics/{run}.json"), "plots": Path(f"reports/eval/{run}"),
+                    "predictions": Path(f"reports/predictions/{run}.csv"), "roc": Path(f"reports/roc/{run}.csv")}
+    else:
+        defaults = {}
     for key, value in defaults.items():
-        if arm and getattr(args, key, "unset") is None:
+        if getattr(args, key, "unset") is None:
             setattr(args, key, value)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _default_paths(args)
     try:
+        _default_paths(args)
         args.func(args)
     except DermaganError as exc:
         print(f"dermagan {args.command}: error: {exc}", file=sys.stderr)

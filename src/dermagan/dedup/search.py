@@ -1,8 +1,9 @@
 """All-pairs Hamming search on packed hashes, and the synthetic-set de-duplication built on it.
 
 Threshold semantics: two images are *near* under a hash kind when their Hamming distance is
-``<= threshold`` for that kind (``DEFAULT_THRESHOLD`` = 10 of 64 bits); with several kinds, a pair
-is near when ANY kind is within its threshold. Work is done in blocks of at most
+``<= threshold`` for that kind (``DEFAULT_THRESHOLD`` = 10 of 64 bits); with several kinds, the
+``rule`` says whether a pair is near when ANY kind is within its threshold or only when ALL kinds
+are (same pair of images). Work is done in blocks of at most
 ``QUERY_CHUNK x REFERENCE_CHUNK`` pairs so memory stays bounded.
 """
 
@@ -18,6 +19,7 @@ DEFAULT_THRESHOLD = 10
 QUERY_CHUNK = 2048
 REFERENCE_CHUNK = 10_000
 REASONS = ("kept", "near_duplicate_synthetic", "memorised_train")
+RULES = ("any", "all")
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -87,13 +89,32 @@ def _as_kinds(hashes, threshold) -> tuple[dict[str, np.ndarray], dict[str, int]]
     return {"hash": hashes}, {"hash": int(threshold)}
 
 
-def _near_block(query: dict, reference: dict, thresholds: dict) -> np.ndarray:
-    """Boolean (len(query), len(reference)): near under ANY kind (distance <= that kind's threshold)."""
+def check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise DermaganError(f"dedup rule must be one of {RULES}, got '{rule}'")
+    return rule
+
+
+def _near_block(query: dict, reference: dict, thresholds: dict, rule: str = "any") -> np.ndarray:
+    """Boolean (len(query), len(reference)): near under ANY (or ALL) kinds (distance <= its threshold)."""
     near = None
     for kind, limit in thresholds.items():
         hit = _block_distances(*_check_pair(query[kind], reference[kind])) <= limit
-        near = hit if near is None else near | hit
+        near = hit if near is None else (near | hit if rule == "any" else near & hit)
     return near
+
+
+def near_mask(query: dict, reference: dict, thresholds: dict, rule: str = "any") -> np.ndarray:
+    """Boolean per query row: near some reference row under ``rule``, in bounded blocks."""
+    n = len(next(iter(query.values())))
+    m = len(next(iter(reference.values())))
+    out = np.zeros(n, dtype=bool)
+    for start in range(0, n, QUERY_CHUNK):
+        rows = np.arange(start, min(start + QUERY_CHUNK, n))
+        for ref_start in range(0, m, REFERENCE_CHUNK):
+            refs = np.arange(ref_start, min(ref_start + REFERENCE_CHUNK, m))
+            out[rows] |= _near_block(_sub(query, rows), _sub(reference, refs), thresholds, rule).any(axis=1)
+    return out
 
 
 def _sub(hashes: dict, index) -> dict:
@@ -102,15 +123,16 @@ def _sub(hashes: dict, index) -> dict:
 
 
 def near_duplicate_groups(hashes, threshold=DEFAULT_THRESHOLD, candidates: np.ndarray | None = None,
-                          chunk: int = QUERY_CHUNK) -> np.ndarray:
+                          chunk: int = QUERY_CHUNK, rule: str = "any") -> np.ndarray:
     """Boolean keep-mask: greedy in order, an image is dropped if it is near an earlier KEPT image.
 
     ``hashes``: packed (N, B) array with an int ``threshold``, or dicts kind -> array / threshold
-    (near under ANY kind). ``candidates``: optional boolean mask of images that may be kept at
+    (near under ANY kind, or ALL with ``rule="all"``). ``candidates``: optional boolean mask of images that may be kept at
     all; the others are dropped and never cause drops. Each block is compared against all kept
     images before it in one vectorised call; only the within-block greedy pass loops.
     """
     kinds, thresholds = _as_kinds(hashes, threshold)
+    check_rule(rule)
     n = len(next(iter(kinds.values())))
     keep = np.ones(n, dtype=bool) if candidates is None else np.asarray(candidates, dtype=bool).copy()
     for start in range(0, n, chunk):
@@ -120,10 +142,10 @@ def near_duplicate_groups(hashes, threshold=DEFAULT_THRESHOLD, candidates: np.nd
         for j in range(0, len(earlier), REFERENCE_CHUNK):
             if len(block):
                 ref = _sub(kinds, earlier[j:j + REFERENCE_CHUNK])
-                hit = _near_block(_sub(kinds, block), ref, thresholds).any(axis=1)
+                hit = _near_block(_sub(kinds, block), ref, thresholds, rule).any(axis=1)
                 keep[block[hit]] = False
                 block = block[~hit]
-        near = _near_block(_sub(kinds, block), _sub(kinds, block), thresholds)
+        near = _near_block(_sub(kinds, block), _sub(kinds, block), thresholds, rule)
         alive = np.ones(len(block), dtype=bool)
         for i in range(len(block)):
             if alive[i]:
@@ -146,6 +168,7 @@ class DedupResult:
     keep: np.ndarray
     reason: np.ndarray
     thresholds: dict[str, int]
+    rule: str = "any"
     train_distance: dict[str, np.ndarray] = field(default_factory=dict)
     train_index: dict[str, np.ndarray] = field(default_factory=dict)
     holdout_distance: dict[str, np.ndarray] = field(default_factory=dict)
@@ -161,38 +184,44 @@ class DedupResult:
         return {r: int((self.reason == r).sum()) for r in REASONS}
 
 
-def _near_any(query: dict, reference: dict, thresholds: dict) -> tuple[np.ndarray, dict, dict]:
-    """(near-any-kind mask, nearest distance per kind, nearest index per kind) of query vs reference."""
-    near = np.zeros(len(next(iter(query.values()))), dtype=bool)
+def _near_reference(query: dict, reference: dict, thresholds: dict, rule: str) -> tuple[np.ndarray, dict, dict]:
+    """(near mask under ``rule``, nearest distance per kind, nearest index per kind) of query vs reference."""
     dist, index = {}, {}
-    for kind, limit in thresholds.items():
+    for kind in thresholds:
         dist[kind], index[kind] = nearest_distances(query[kind], reference[kind])
-        near |= dist[kind] <= limit
+    if rule == "any" or len(thresholds) == 1:
+        near = np.logical_or.reduce([dist[k] <= limit for k, limit in thresholds.items()])
+    elif len(next(iter(reference.values()))) == 0:
+        near = np.zeros(len(next(iter(query.values()))), dtype=bool)
+    else:  # ALL kinds close to the SAME reference image: needs the pairwise test
+        near = near_mask(query, reference, thresholds, rule)
     return near, dist, index
 
 
 def deduplicate(synthetic: dict[str, np.ndarray], real_train: dict[str, np.ndarray],
-                holdout: dict[str, np.ndarray], thresholds: dict[str, int] | None = None) -> DedupResult:
+                holdout: dict[str, np.ndarray], thresholds: dict[str, int] | None = None,
+                rule: str = "any") -> DedupResult:
     """Decide which synthetic images to keep; every argument maps hash kind -> packed hashes.
 
-    A synthetic image is near another image when ANY kind's Hamming distance is ``<=`` that
-    kind's threshold (default ``DEFAULT_THRESHOLD`` = 10 of 64 bits for every synthetic kind).
+    A synthetic image is near another image when ANY (``rule="all"``: every) kind's Hamming
+    distance is ``<=`` that kind's threshold (default ``DEFAULT_THRESHOLD`` = 10 of 64 bits for every synthetic kind).
     Memorisation of real train images is checked first, then greedy in-set de-duplication among
     the rest; closeness to ``holdout`` (val + test) is only counted.
     """
     thresholds = {k: DEFAULT_THRESHOLD for k in synthetic} if thresholds is None else dict(thresholds)
     if not thresholds:
         raise DermaganError("deduplicate needs at least one hash kind")
+    check_rule(rule)
     for name, hashes in (("synthetic", synthetic), ("real_train", real_train), ("holdout", holdout)):
         if missing := sorted(set(thresholds) - set(hashes)):
             raise DermaganError(f"{name} hashes lack kind(s) {missing}")
     for kind, limit in thresholds.items():
         if not 0 <= limit <= 8 * np.atleast_2d(synthetic[kind]).shape[1]:
             raise DermaganError(f"threshold for {kind} must be within 0..n_bits, got {limit}")
-    memorised, train_dist, train_idx = _near_any(synthetic, real_train, thresholds)
-    keep = near_duplicate_groups(synthetic, thresholds, candidates=~memorised)
+    memorised, train_dist, train_idx = _near_reference(synthetic, real_train, thresholds, rule)
+    keep = near_duplicate_groups(synthetic, thresholds, candidates=~memorised, rule=rule)
     reason = np.where(memorised, "memorised_train", np.where(keep, "kept", "near_duplicate_synthetic"))
-    held, hold_dist, _ = _near_any(synthetic, holdout, thresholds)
-    return DedupResult(keep=keep, reason=reason, thresholds=thresholds, train_distance=train_dist,
+    held, hold_dist, _ = _near_reference(synthetic, holdout, thresholds, rule)
+    return DedupResult(keep=keep, reason=reason, thresholds=thresholds, rule=rule, train_distance=train_dist,
                        train_index=train_idx, holdout_distance=hold_dist,
                        holdout_near_indices=np.flatnonzero(held))

@@ -1,6 +1,12 @@
-"""One table and one figure of every classifier arm, from the evaluate metrics files."""
+"""Compare classifier arms over several training seeds, and GAN arms against the best non-GAN arm.
+
+Pure functions: tables from the evaluate stage's metrics documents, a paired bootstrap over test
+images (one resample matrix shared by every run), markdown, figures and a JSON-safe summary.
+"""
 
 from __future__ import annotations
+
+import math
 
 import matplotlib
 
@@ -8,66 +14,362 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from dermagan.constants import MINORITY_CLASSES  # noqa: E402
+
+SETTINGS: tuple[str, ...] = ("backbone", "pretrained", "augment", "class_weights", "extra")
+VERDICT_METRICS: tuple[str, ...] = ("bal_acc", *(f"recall_{c}" for c in MINORITY_CLASSES))
+VERDICT_COLUMNS: tuple[str, ...] = ("gan_arm", "metric", "best_non_gan_arm", "gan_value", "best_value",
+                                    "diff", "ci_low", "ci_high", "verdict", "n_resamples")
+BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no difference shown"
+GAN_COLOUR, REAL_COLOUR = "C3", "C0"
+VERDICT_COLOURS = {BETTER: "C2", WORSE: "C3", NO_DIFFERENCE: "C7"}
 
 
-def comparison_table(metrics_by_arm: dict[str, dict], arms: dict[str, dict]) -> pd.DataFrame:
-    """One row per arm: settings, test balanced accuracy with CI, macro metrics, per-class recall."""
+# --- arms and runs ---------------------------------------------------------------------------
+
+def run_name(arm: str, seed: int) -> str:
+    """The name of one training run: ``effnet-s0``."""
+    return f"{arm}-s{seed}"
+
+
+def is_gan_arm(settings: dict) -> bool:
+    """An arm trains on GAN images iff its ``extra`` is ``"<method>/<set>"`` (e.g. ``dcgan/dedup``)."""
+    extra = settings.get("extra")
+    return isinstance(extra, str) and "/" in extra
+
+
+def recall_metrics(classes: tuple[str, ...]) -> list[str]:
+    """``recall_<class>`` column names, in class order."""
+    return [f"recall_{c}" for c in classes]
+
+
+def runs_table(metrics_by_run: dict[tuple[str, int], dict], arms: dict[str, dict],
+               classes: tuple[str, ...]) -> pd.DataFrame:
+    """One row per (arm, seed) run: settings, test bal_acc with CI, macro metrics, recall per class with CI."""
     rows = []
-    for arm, metrics in metrics_by_arm.items():
-        test = metrics["test"]
-        row = {"arm": arm, **{k: arms[arm].get(k) for k in ("backbone", "pretrained", "augment", "class_weights")},
-               "bal_acc": test["bal_acc"], "bal_acc_ci_low": test["bal_acc_ci_low"],
-               "bal_acc_ci_high": test["bal_acc_ci_high"], "macro_f1": test["macro_f1"],
-               "macro_auc": test["macro_auc"], "accuracy": test["accuracy"]}
-        for name, values in test["per_class"].items():
+    for (arm, seed), document in metrics_by_run.items():
+        test = document["test"]
+        row = {"run": run_name(arm, seed), "arm": arm, "seed": int(seed),
+               **{key: arms[arm].get(key) for key in SETTINGS}, "gan": is_gan_arm(arms[arm]),
+               "bal_acc": test["bal_acc"], "bal_acc_ci_low": test.get("bal_acc_ci_low"),
+               "bal_acc_ci_high": test.get("bal_acc_ci_high"), "macro_f1": test.get("macro_f1"),
+               "macro_auc": test.get("macro_auc"), "accuracy": test.get("accuracy")}
+        for name in classes:
+            values = test["per_class"][name]
             row[f"recall_{name}"] = values["recall"]
-            row[f"recall_{name}_ci_low"] = values["recall_ci_low"]
-            row[f"recall_{name}_ci_high"] = values["recall_ci_high"]
+            row[f"recall_{name}_ci_low"] = values.get("recall_ci_low")
+            row[f"recall_{name}_ci_high"] = values.get("recall_ci_high")
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("bal_acc", ascending=False, ignore_index=True)
+    table = pd.DataFrame(rows)
+    numeric = [c for c in table.columns if c.startswith(("bal_acc", "macro_", "accuracy", "recall_"))]
+    table[numeric] = table[numeric].astype(float)
+    return table
 
 
-def markdown_table(table: pd.DataFrame, classes: tuple[str, ...]) -> str:
-    """Compact markdown: metric [95% CI] per arm, recall per class."""
-    header = ["arm", "backbone", "aug", "cw", "bal_acc [95% CI]", "macro F1", "macro AUC", "acc",
-              *[f"recall {c}" for c in classes]]
+def arms_table(runs: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """One row per arm over its seeds: n_seeds and mean/std (ddof=1)/min/max of bal_acc, macro F1, recalls.
+
+    Sorted by mean balanced accuracy, best first. ``std`` is NaN for an arm with one seed.
+    """
+    metrics = ["bal_acc", "macro_f1", *recall_metrics(classes)]
+    grouped = runs.groupby("arm", sort=False)
+    stats = grouped[metrics].agg(["mean", "std", "min", "max"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    settings = grouped[[*SETTINGS, "gan"]].first()
+    table = pd.concat([settings, grouped.size().rename("n_seeds"), stats], axis=1).reset_index()
+    return table.sort_values("bal_acc_mean", ascending=False, ignore_index=True, kind="stable")
+
+
+# --- paired bootstrap ------------------------------------------------------------------------
+
+def bootstrap_indices(n_items: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_items) test-image indices drawn with replacement; shared by every run (paired)."""
+    return np.random.default_rng(seed).integers(0, n_items, size=(n_boot, n_items))
+
+
+def bootstrap_recalls(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """Recall of every class on every resample ``idx`` (B, N): array (B, C), NaN where a class is absent.
+
+    Vectorised: recall = bincount of (resample, true class) weighted by correctness / its plain bincount.
+    """
+    n_boot = idx.shape[0]
+    cells = (np.arange(n_boot)[:, None] * n_classes + y_true[idx]).ravel()
+    support = np.bincount(cells, minlength=n_boot * n_classes)
+    hits = np.bincount(cells, weights=(y_true == y_pred)[idx].ravel(), minlength=n_boot * n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, hits / np.maximum(support, 1), np.nan)
+    return recall.reshape(n_boot, n_classes)
+
+
+def full_set_recalls(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Recall of every class on the whole test set: array (C,)."""
+    return bootstrap_recalls(y_true, y_pred, np.arange(len(y_true))[None, :], n_classes)[0]
+
+
+def metric_values(recalls: np.ndarray, classes: tuple[str, ...], metrics: tuple[str, ...]) -> np.ndarray:
+    """Each metric from per-class recalls (..., C) -> (..., M).
+
+    ``bal_acc`` is the mean recall over the classes present (all 7 on the real test split);
+    ``recall_<c>`` is that class's recall.
+    """
+    columns = []
+    for metric in metrics:
+        if metric == "bal_acc":
+            with np.errstate(invalid="ignore"):
+                present = ~np.isnan(recalls)
+                columns.append(np.nansum(recalls, axis=-1) / np.where(present.any(-1), present.sum(-1), np.nan))
+        else:
+            columns.append(recalls[..., classes.index(metric.removeprefix("recall_"))])
+    return np.stack(columns, axis=-1)
+
+
+def arm_metrics(y_true: np.ndarray, predictions: dict[int, np.ndarray], idx: np.ndarray,
+                classes: tuple[str, ...], metrics: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """One arm's metrics averaged over its seeds: full test set (M,) and on each resample (B, M)."""
+    n_classes = len(classes)
+    point = np.mean([metric_values(full_set_recalls(y_true, p, n_classes), classes, metrics)
+                     for p in predictions.values()], axis=0)
+    resampled = np.mean([metric_values(bootstrap_recalls(y_true, p, idx, n_classes), classes, metrics)
+                         for p in predictions.values()], axis=0)
+    return point, resampled
+
+
+def verdict(ci_low: float, ci_high: float) -> str:
+    """``better`` if the whole CI is above 0, ``worse`` if below, else ``no difference shown``."""
+    if ci_low > 0:
+        return BETTER
+    if ci_high < 0:
+        return WORSE
+    return NO_DIFFERENCE
+
+
+def gan_vs_best(y_true: np.ndarray, predictions: dict[str, dict[int, np.ndarray]], gan_arms: list[str],
+                classes: tuple[str, ...], n_boot: int, level: float, seed: int,
+                metrics: tuple[str, ...] = VERDICT_METRICS) -> pd.DataFrame:
+    """Paired bootstrap of (GAN arm − best non-GAN arm) for every GAN arm and metric.
+
+    ``predictions`` maps arm -> seed -> predicted class index per test image (same images, same order).
+    For each metric the best non-GAN arm is the one with the highest seed-averaged value on the full
+    test set. Both arms are averaged over their seeds on the same resamples of test images; the CI is
+    the percentile interval of the difference (resamples where it is undefined are dropped).
+    Empty (with the columns) when there is no GAN arm or no non-GAN arm.
+    """
+    real_arms = [arm for arm in predictions if arm not in gan_arms]
+    gan_arms = [arm for arm in predictions if arm in gan_arms]
+    if not real_arms or not gan_arms:
+        return pd.DataFrame(columns=list(VERDICT_COLUMNS))
+    idx = bootstrap_indices(len(y_true), n_boot, seed)
+    scored = {arm: arm_metrics(y_true, predictions[arm], idx, classes, metrics) for arm in predictions}
+    tail = (1 - level) / 2 * 100
+    real_points = np.array([scored[arm][0] for arm in real_arms])  # (arms, M)
+    best_per_metric = np.where(np.isnan(real_points), -np.inf, real_points).argmax(axis=0)
+    rows = []
+    for arm in gan_arms:
+        for m, metric in enumerate(metrics):
+            best = real_arms[int(best_per_metric[m])]
+            diffs = scored[arm][1][:, m] - scored[best][1][:, m]
+            valid = diffs[~np.isnan(diffs)]
+            low, high = np.percentile(valid, [tail, 100 - tail]) if valid.size else (np.nan, np.nan)
+            rows.append({"gan_arm": arm, "metric": metric, "best_non_gan_arm": best,
+                         "gan_value": scored[arm][0][m], "best_value": scored[best][0][m],
+                         "diff": scored[arm][0][m] - scored[best][0][m], "ci_low": float(low),
+                         "ci_high": float(high), "verdict": verdict(low, high), "n_resamples": int(valid.size)})
+    return pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+
+
+# --- markdown --------------------------------------------------------------------------------
+
+def markdown_report(arms: pd.DataFrame, verdicts: pd.DataFrame, classes: tuple[str, ...], seeds: list[int],
+                    n_test: int, n_boot: int, level: float) -> str:
+    """The whole comparison.md: scope line, arms table, GAN-vs-best table and one sentence per GAN arm."""
+    intro = (f"Every number is on the real-only, lesion-disjoint test split ({n_test} images); "
+             f"seeds {', '.join(map(str, seeds))} (one training run per arm and seed); CIs are "
+             f"{level:.0%} percentile bootstrap intervals over {n_boot} resamples of test images.\n\n")
+    return ("# Classifier arms on the real-only test split\n\n" + intro
+            + "## Arms: mean ± std over seeds (min–max)\n\n" + arms_markdown(arms, classes) + "\n"
+            + "## GAN arms vs the best non-GAN arm\n\n" + verdict_markdown(verdicts, arms, level))
+
+
+def arms_markdown(arms: pd.DataFrame, classes: tuple[str, ...]) -> str:
+    """Arms table: balanced accuracy and recall of each class as mean ± std (min–max) over seeds."""
+    header = ["arm", "backbone", "aug", "cw", "extra", "seeds", "bal_acc", *[f"recall {c}" for c in classes]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, r in table.iterrows():
-        cells = [r["arm"], str(r["backbone"]), _yes(r["augment"]), _yes(r["class_weights"]),
-                 f"{r['bal_acc']:.3f} [{r['bal_acc_ci_low']:.3f}, {r['bal_acc_ci_high']:.3f}]",
-                 f"{r['macro_f1']:.3f}", _fmt(r["macro_auc"]), f"{r['accuracy']:.3f}",
-                 *[f"{r[f'recall_{c}']:.2f} [{_fmt(r[f'recall_{c}_ci_low'], 2)}, {_fmt(r[f'recall_{c}_ci_high'], 2)}]"
-                   for c in classes]]
+    for _, r in arms.iterrows():
+        cells = [r["arm"] + (" (GAN)" if r["gan"] else ""), str(r["backbone"]), _yes(r["augment"]),
+                 _yes(r["class_weights"]), _extra(r["extra"]), str(r["n_seeds"]), spread(r, "bal_acc", 3),
+                 *[spread(r, f"recall_{c}", 2) for c in classes]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def comparison_figure(table: pd.DataFrame, classes: tuple[str, ...]) -> plt.Figure:
-    """Left: balanced accuracy with 95% CI per arm. Right: per-class recall heatmap."""
-    fig, (ax_bal, ax_rec) = plt.subplots(1, 2, figsize=(13, 0.6 * len(table) + 2.5),
+def spread(row: pd.Series, metric: str, digits: int) -> str:
+    """``0.712 ± 0.010 (0.700–0.720)``; just the value when there is one seed."""
+    mean = _fmt(row[f"{metric}_mean"], digits)
+    if row["n_seeds"] < 2:
+        return mean
+    return (f"{mean} ± {_fmt(row[f'{metric}_std'], digits)} "
+            f"({_fmt(row[f'{metric}_min'], digits)}–{_fmt(row[f'{metric}_max'], digits)})")
+
+
+def verdict_markdown(verdicts: pd.DataFrame, arms: pd.DataFrame, level: float) -> str:
+    """The GAN-vs-best section: method, table, one plain sentence per GAN arm, caveats."""
+    if verdicts.empty:
+        missing = "GAN arms" if not arms["gan"].any() else "non-GAN arms"
+        return (f"No comparison: there are no {missing} among the arms "
+                "(a GAN arm has `extra: <method>/<set>`, e.g. `dcgan/dedup`).\n")
+    method = (f"diff = GAN arm − best non-GAN arm for that metric, each averaged over its seeds; the "
+              f"{level:.0%} CI comes from the same bootstrap resamples of test images applied to every "
+              "run (paired). \"better\"/\"worse\" only when the whole CI is above/below 0.\n\n")
+    header = ["GAN arm", "metric", "best non-GAN arm", "GAN arm value", "best non-GAN value",
+              f"diff [{level:.0%} CI]", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in verdicts.iterrows():
+        lines.append("| " + " | ".join([
+            r["gan_arm"], r["metric"], r["best_non_gan_arm"], _fmt(r["gan_value"]), _fmt(r["best_value"]),
+            f"{_signed(r['diff'])} [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]", r["verdict"]]) + " |")
+    sentences = [verdict_sentence(arm, group, level) for arm, group in verdicts.groupby("gan_arm", sort=False)]
+    caveats = ("\nThe CI covers resampling of test images with each arm's seed average held fixed; "
+               "seed-to-seed spread is in the arms table above. The best non-GAN arm is picked on this same "
+               f"test set, and {len(verdicts)} differences are tested without a multiple-comparison correction.\n")
+    return method + "\n".join(lines) + "\n\n" + "\n".join(sentences) + "\n" + caveats
+
+
+def verdict_sentence(arm: str, rows: pd.DataFrame, level: float) -> str:
+    """``- effnet_dcgan beats the best non-GAN arm beyond the 95% CI on: none. ...``"""
+    def listed(kind: str) -> str:
+        names = rows.loc[rows["verdict"] == kind, "metric"].tolist()
+        return ", ".join(names) if names else "none"
+
+    return (f"- {arm} beats the best non-GAN arm beyond the {level:.0%} CI on: {listed(BETTER)}. "
+            f"It is worse beyond the CI on: {listed(WORSE)}. No difference shown on: {listed(NO_DIFFERENCE)}.")
+
+
+# --- summary ---------------------------------------------------------------------------------
+
+def summary(arms: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
+    """The DVC metrics document: per-arm seed statistics and per GAN arm the verdict of every metric."""
+    stat_columns = [c for c in arms.columns if c.endswith(("_mean", "_std", "_min", "_max"))]
+    document = {"arms": {r["arm"]: {"n_seeds": int(r["n_seeds"]), **{c: r[c] for c in stat_columns}}
+                         for _, r in arms.iterrows()},
+                "gan_vs_best": {}}
+    for _, r in verdicts.iterrows():
+        document["gan_vs_best"].setdefault(r["gan_arm"], {})[r["metric"]] = {
+            "best_non_gan_arm": r["best_non_gan_arm"], "diff": r["diff"], "ci_low": r["ci_low"],
+            "ci_high": r["ci_high"], "verdict": r["verdict"]}
+    return json_safe(document)
+
+
+def json_safe(value):
+    """Plain Python values for ``json.dumps``: numpy scalars unwrapped, NaN/inf -> None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def mlflow_metrics(document: dict) -> dict[str, float]:
+    """``compare/<arm>/bal_acc_mean``, ``compare/<gan arm>/vs_best/<metric>/diff``... (None dropped)."""
+    flat = {f"compare/{arm}/{key}": float(value) for arm, stats in document["arms"].items()
+            for key, value in stats.items() if value is not None}
+    for arm, by_metric in document["gan_vs_best"].items():
+        for metric, result in by_metric.items():
+            for key in ("diff", "ci_low", "ci_high"):
+                if result[key] is not None:
+                    flat[f"compare/{arm}/vs_best/{metric}/{key}"] = float(result[key])
+    return flat
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+def comparison_figure(runs: pd.DataFrame, arms: pd.DataFrame, classes: tuple[str, ...]) -> plt.Figure:
+    """Left: each seed's balanced accuracy (dots) and the arm mean ± std. Right: mean recall heatmap."""
+    fig, (ax_bal, ax_rec) = plt.subplots(1, 2, figsize=(13, 0.6 * len(arms) + 2.5),
                                          gridspec_kw={"width_ratios": [1, 1.4]})
-    y = np.arange(len(table))
-    err = [table["bal_acc"] - table["bal_acc_ci_low"], table["bal_acc_ci_high"] - table["bal_acc"]]
-    ax_bal.errorbar(table["bal_acc"], y, xerr=err, fmt="o", capsize=4)
-    ax_bal.set(yticks=y, yticklabels=table["arm"], xlabel="test balanced accuracy (95% bootstrap CI)",
-               xlim=(0, 1), title="Real-only test set")
-    ax_bal.invert_yaxis()
-    ax_bal.grid(axis="x", alpha=0.3)
-    recalls = table[[f"recall_{c}" for c in classes]].to_numpy(dtype=float)
-    image = ax_rec.imshow(recalls, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    for (i, j), value in np.ndenumerate(recalls):
-        ax_rec.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                    color="black" if value > 0.6 else "white")
-    ax_rec.set(xticks=range(len(classes)), xticklabels=classes, yticks=y, yticklabels=table["arm"],
-               title="test recall per class")
-    fig.colorbar(image, ax=ax_rec, fraction=0.04)
+    _seed_panel(ax_bal, runs, arms)
+    _recall_heatmap(fig, ax_rec, arms, classes)
     fig.tight_layout()
     return fig
+
+
+def _seed_panel(ax: plt.Axes, runs: pd.DataFrame, arms: pd.DataFrame) -> None:
+    """Per arm: one dot per seed, a diamond at the mean with a ±std bar; GAN arms in their own colour."""
+    for y, (_, arm) in enumerate(arms.iterrows()):
+        colour = GAN_COLOUR if arm["gan"] else REAL_COLOUR
+        values = runs.loc[runs["arm"] == arm["arm"], "bal_acc"].to_numpy()
+        jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+        ax.scatter(values, y + jitter, s=18, color=colour, alpha=0.6)
+        std = arm["bal_acc_std"] if np.isfinite(arm["bal_acc_std"]) else 0.0
+        ax.errorbar(arm["bal_acc_mean"], y, xerr=std, fmt="D", color=colour, markeredgecolor="black", capsize=4)
+    ax.set(yticks=range(len(arms)), yticklabels=arms["arm"], xlabel="test balanced accuracy",
+           title="Real-only test set: seeds (dots), mean ± std")
+    _colour_gan_labels(ax, arms)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=[Line2D([], [], marker="o", ls="", color=REAL_COLOUR, label="non-GAN arm"),
+                       Line2D([], [], marker="o", ls="", color=GAN_COLOUR, label="GAN arm")],
+              fontsize=8, loc="best")
+
+
+def _recall_heatmap(fig: plt.Figure, ax: plt.Axes, arms: pd.DataFrame, classes: tuple[str, ...]) -> None:
+    """Mean-over-seeds recall of every class per arm, value printed in each cell."""
+    recalls = arms[[f"recall_{c}_mean" for c in classes]].to_numpy(dtype=float)
+    image = ax.imshow(recalls, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for (i, j), value in np.ndenumerate(recalls):
+        ax.text(j, i, _fmt(value, 2), ha="center", va="center", fontsize=8,
+                color="black" if value > 0.6 else "white")
+    ax.set(xticks=range(len(classes)), xticklabels=classes, yticks=range(len(arms)), yticklabels=arms["arm"],
+           title="test recall per class (mean over seeds)")
+    _colour_gan_labels(ax, arms)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+
+
+def gan_vs_best_figure(verdicts: pd.DataFrame, level: float) -> plt.Figure:
+    """Forest plot: diff (GAN arm − best non-GAN arm) with its CI per (GAN arm, metric); line at 0."""
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(verdicts) + 2))
+    if verdicts.empty:
+        ax.text(0.5, 0.5, "no GAN arm or no non-GAN arm to compare", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    y = np.arange(len(verdicts))
+    for i, (_, r) in enumerate(verdicts.iterrows()):
+        err = [[max(r["diff"] - r["ci_low"], 0)], [max(r["ci_high"] - r["diff"], 0)]]
+        ax.errorbar(r["diff"], i, xerr=err, fmt="o", capsize=3, color=VERDICT_COLOURS[r["verdict"]])
+    ax.axvline(0, color="black", lw=0.8)
+    labels = [f"{r['gan_arm']}: {r['metric']} (vs {r['best_non_gan_arm']})" for _, r in verdicts.iterrows()]
+    ax.set(yticks=y, yticklabels=labels, xlabel=f"GAN arm − best non-GAN arm ({level:.0%} paired bootstrap CI)",
+           title="GAN arms vs the best non-GAN arm, real-only test set")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLOURS.items()],
+              fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _colour_gan_labels(ax: plt.Axes, arms: pd.DataFrame) -> None:
+    """GAN arms' tick labels in the GAN colour."""
+    for label, gan in zip(ax.get_yticklabels(), arms["gan"], strict=True):
+        label.set_color(GAN_COLOUR if gan else "black")
 
 
 def _yes(value) -> str:
     return "yes" if bool(value) else "no"
 
 
+def _extra(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def _signed(value, digits: int = 3) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:+.{digits}f}"

@@ -101,3 +101,54 @@ def fidelity_metrics(real: np.ndarray, fake: np.ndarray, k: int = 3, seed: int =
     return {"fid_effnetlite0": frechet_distance(real, fake), "kid_effnetlite0": kid_mean,
             "kid_effnetlite0_std": kid_std, "knn_precision": pr["precision"], "knn_recall": pr["recall"],
             "n_real": int(len(real)), "n_fake": int(len(fake))}
+
+
+FIDELITY_KEYS = ("fid_effnetlite0", "kid_effnetlite0", "kid_effnetlite0_std", "knn_precision", "knn_recall")
+
+
+def frechet_distance_nuclear(a: np.ndarray, b: np.ndarray) -> float:
+    """``frechet_distance`` computed without a d x d matrix square root.
+
+    With centred features A (n_a x d) and B (n_b x d), the non-zero eigenvalues of S_a S_b are the squared
+    singular values of A B^T, so Tr (S_a S_b)^1/2 = ||A B^T||_* / sqrt((n_a - 1)(n_b - 1)). Exact, also for
+    the singular covariances of sets smaller than the 1280 feature dims, and fast when n_a n_b << d^2.
+    """
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    n_a, n_b = len(a), len(b)
+    cross = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt((n_a - 1) * (n_b - 1))
+    traces = (ca * ca).sum() / (n_a - 1) + (cb * cb).sum() / (n_b - 1)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + traces - 2 * cross)
+
+
+def safe_fidelity_metrics(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                          seed: int = 0) -> dict[str, float | int | str | None]:
+    """The numbers of ``fidelity_metrics``, made safe for small sets, with the same keys every time.
+
+    k shrinks to ``min(k, n_real - 1, n_fake - 1)`` (a k-NN ball needs k other points) and is reported
+    as ``knn_k``; KID's subset size is capped by the set sizes. With fewer than 2 images on either side
+    every metric is NaN and ``skipped_reason`` says why (it is None otherwise). When the sets are small
+    next to the feature dims the Fréchet distance uses ``frechet_distance_nuclear`` (same value, no
+    ill-conditioned d x d square root).
+    """
+    n_real, n_fake = int(len(real)), int(len(fake))
+    if min(n_real, n_fake) < 2:
+        reason = f"need at least 2 images in each set, got {n_real} real and {n_fake} to compare"
+        return {**dict.fromkeys(FIDELITY_KEYS, float("nan")), "n_real": n_real, "n_fake": n_fake,
+                "knn_k": 0, "skipped_reason": reason}
+    k_used = min(int(k), n_real - 1, n_fake - 1)
+    small = n_real * n_fake <= real.shape[1] ** 2
+    fid = frechet_distance_nuclear(real, fake) if small else frechet_distance(real, fake)
+    kid_mean, kid_std = kernel_distance(real, fake, seed=seed)
+    pr = knn_precision_recall(real, fake, k_used)
+    return {"fid_effnetlite0": fid, "kid_effnetlite0": kid_mean, "kid_effnetlite0_std": kid_std,
+            "knn_precision": pr["precision"], "knn_recall": pr["recall"], "n_real": n_real, "n_fake": n_fake,
+            "knn_k": k_used, "skipped_reason": None}
+
+
+def nearest_distance_summary(distances: np.ndarray) -> dict[str, float]:
+    """Median, 5th percentile and minimum of Hamming distances to the nearest real train image (NaN if none)."""
+    d = np.asarray(distances, dtype=float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return {"median": float("nan"), "p5": float("nan"), "min": float("nan")}
+    return {"median": float(np.median(d)), "p5": float(np.percentile(d, 5)), "min": float(d.min())}

@@ -1,4 +1,4 @@
-"""The compare stage: every arm in one table, one figure and one MLflow run."""
+"""The compare stage: every (arm, seed) run in tables, figures, a GAN-vs-best verdict and one MLflow run."""
 
 from __future__ import annotations
 
@@ -6,41 +6,133 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 
 from dermagan.atomic import atomic_dir
 from dermagan.constants import CLASSES
 from dermagan.errors import DermaganError
-from dermagan.evaluate.compare import comparison_figure, comparison_table, markdown_table
+from dermagan.evaluate.compare import (
+    arms_table,
+    comparison_figure,
+    full_set_recalls,
+    gan_vs_best,
+    gan_vs_best_figure,
+    is_gan_arm,
+    markdown_report,
+    mlflow_metrics,
+    run_name,
+    runs_table,
+    summary,
+)
 from dermagan.evaluate.plots import save
 from dermagan.params import section
 from dermagan.tracking.setup import configure, standard_tags
 
+PREDICTION_COLUMNS = ("image_id", "actual", "predicted")
 
-def read_metrics(metrics_dir: Path, arms: list[str]) -> dict[str, dict]:
-    """The evaluate stage's metrics file of every arm, with an error naming a missing one."""
+
+def read_metrics(metrics_dir: Path, arms: list[str], seeds: list[int]) -> dict[tuple[str, int], dict]:
+    """The evaluate stage's metrics file of every (arm, seed) run, with an error naming a missing one."""
     found = {}
     for arm in arms:
-        path = Path(metrics_dir) / f"{arm}.json"
-        if not path.is_file():
-            raise DermaganError(f"{path}: metrics for arm '{arm}' not found; run `dvc repro evaluate@{arm}`")
-        found[arm] = json.loads(path.read_text())
+        for seed in seeds:
+            path = Path(metrics_dir) / f"{run_name(arm, seed)}.json"
+            if not path.is_file():
+                raise DermaganError(f"{path}: metrics of run '{run_name(arm, seed)}' not found; "
+                                    f"run `dvc repro evaluate@{arm}-{seed}`")
+            found[(arm, seed)] = json.loads(path.read_text())
     return found
 
 
-def run_compare(params: dict, metrics_dir: Path, out_dir: Path) -> str:
-    """Write comparison.md, comparison.csv and comparison.png; log them to MLflow."""
+def read_predictions(predictions_dir: Path, arms: list[str], seeds: list[int]
+                     ) -> tuple[np.ndarray, dict[str, dict[int, np.ndarray]]]:
+    """True class indices of the test images and every run's predicted indices (arm -> seed -> array).
+
+    Every run must list the same test images in the same order with the same true classes.
+    """
+    reference: pd.DataFrame | None = None
+    predicted: dict[str, dict[int, np.ndarray]] = {arm: {} for arm in arms}
+    for arm in arms:
+        for seed in seeds:
+            path = Path(predictions_dir) / f"{run_name(arm, seed)}.csv"
+            frame = _read_prediction_file(path, f"dvc repro evaluate@{arm}-{seed}")
+            if reference is None:
+                reference = frame
+            elif not (frame["image_id"].equals(reference["image_id"]) and frame["actual"].equals(reference["actual"])):
+                raise DermaganError(f"{path}: test images (image_id order or actual class) differ from "
+                                    f"{Path(predictions_dir) / f'{run_name(arms[0], seeds[0])}.csv'}; "
+                                    "a paired comparison needs the same test split in every run")
+            predicted[arm][seed] = _class_indices(frame["predicted"], path)
+    return _class_indices(reference["actual"], Path(predictions_dir)), predicted
+
+
+def _read_prediction_file(path: Path, remedy: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DermaganError(f"{path}: test predictions not found; run `{remedy}`")
+    frame = pd.read_csv(path, dtype=str)
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DermaganError(f"{path}: missing column(s) {missing}; expected {list(PREDICTION_COLUMNS)}")
+    return frame.reset_index(drop=True)
+
+
+def _class_indices(names: pd.Series, path: Path) -> np.ndarray:
+    unknown = sorted(set(names) - set(CLASSES))
+    if unknown:
+        raise DermaganError(f"{path}: unknown class name(s) {unknown}; expected {list(CLASSES)}")
+    return names.map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
+
+
+def check_predictions_match_metrics(runs: pd.DataFrame, y_true: np.ndarray,
+                                    predictions: dict[str, dict[int, np.ndarray]]) -> None:
+    """Recall per class from the predictions file must equal the metrics file's (catches stale outputs)."""
+    columns = [f"recall_{c}" for c in CLASSES]
+    for _, row in runs.iterrows():
+        from_predictions = full_set_recalls(y_true, predictions[row["arm"]][row["seed"]], len(CLASSES))
+        from_metrics = row[columns].to_numpy(dtype=float)
+        if not np.allclose(from_predictions, from_metrics, atol=1e-6, equal_nan=True):
+            raise DermaganError(f"run '{row['run']}': recall per class in its predictions file and metrics file "
+                                f"disagree; rerun `dvc repro evaluate@{row['arm']}-{row['seed']}`")
+
+
+def run_compare(params: dict, metrics_dir: Path, out_dir: Path, predictions_dir: Path) -> str:
+    """Write comparison.md/.png, arms/runs/gan_vs_best CSVs, gan_vs_best.png and summary.json; log to MLflow."""
     arms = section(params, "arms")
-    table = comparison_table(read_metrics(metrics_dir, list(arms)), arms)
-    markdown = markdown_table(table, CLASSES)
-    intro = ("All numbers are on the real-only, lesion-disjoint test split; brackets are "
-             f"{params['evaluate']['ci_level']:.0%} bootstrap CIs ({params['evaluate']['bootstrap_samples']} resamples).\n\n")
+    seeds = [int(s) for s in section(params, "train", "seeds")]
+    cfg = section(params, "evaluate")
+    n_boot, level, boot_seed = int(cfg["bootstrap_samples"]), float(cfg["ci_level"]), int(cfg["seed"])
+    runs = runs_table(read_metrics(metrics_dir, list(arms), seeds), arms, CLASSES)
+    y_true, predictions = read_predictions(predictions_dir, list(arms), seeds)
+    check_predictions_match_metrics(runs, y_true, predictions)
+    per_arm = arms_table(runs, CLASSES)
+    gan_arms = [arm for arm, settings in arms.items() if is_gan_arm(settings)]
+    verdicts = gan_vs_best(y_true, predictions, gan_arms, CLASSES, n_boot, level, boot_seed)
+    markdown = markdown_report(per_arm, verdicts, CLASSES, seeds, len(y_true), n_boot, level)
+    document = summary(per_arm, verdicts)
     with atomic_dir(Path(out_dir)) as tmp:
-        table.to_csv(tmp / "comparison.csv", index=False)
-        (tmp / "comparison.md").write_text("# Classifier arms on the real-only test split\n\n" + intro + markdown)
-        save(comparison_figure(table, CLASSES), tmp / "comparison.png")
-        configure(section(params, "mlflow", "experiment"))
-        with mlflow.start_run(run_name="compare"):
-            mlflow.set_tags(standard_tags("compare", dvc_stage="compare"))
-            mlflow.log_artifacts(str(tmp), "comparison")
-            mlflow.log_table(table, "comparison.json")
+        (tmp / "comparison.md").write_text(markdown)
+        per_arm.to_csv(tmp / "arms.csv", index=False)
+        runs.to_csv(tmp / "runs.csv", index=False)
+        verdicts.to_csv(tmp / "gan_vs_best.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps(document, indent=2, allow_nan=False))
+        save(comparison_figure(runs, per_arm, CLASSES), tmp / "comparison.png")
+        save(gan_vs_best_figure(verdicts, level), tmp / "gan_vs_best.png")
+        _log_to_mlflow(params, tmp, per_arm, verdicts, document, seeds)
     return markdown
+
+
+def _log_to_mlflow(params: dict, folder: Path, per_arm: pd.DataFrame, verdicts: pd.DataFrame,
+                   document: dict, seeds: list[int]) -> None:
+    """One run named ``compare``: the output folder, the arms and verdict tables, flat metrics."""
+    configure(section(params, "mlflow", "experiment"))
+    with mlflow.start_run(run_name="compare"):
+        mlflow.set_tags(standard_tags("compare", dvc_stage="compare"))
+        mlflow.log_params({"seeds": ",".join(map(str, seeds)), "arms": ",".join(per_arm["arm"]),
+                           "bootstrap_samples": params["evaluate"]["bootstrap_samples"],
+                           "ci_level": params["evaluate"]["ci_level"]})
+        mlflow.log_metrics(mlflow_metrics(document))
+        mlflow.log_artifacts(str(folder), "comparison")
+        mlflow.log_table(per_arm, "arms.json")
+        if not verdicts.empty:
+            mlflow.log_table(verdicts, "gan_vs_best.json")

@@ -36,11 +36,13 @@ def run_dedup(params: dict, prepared: Path, synthetic_dir: Path, out_dir: Path, 
     train = read_split(prepared, "train")
     holdout = np.concatenate([read_split(prepared, "val").images, read_split(prepared, "test").images])
     thresholds = {k: int(cfg["thresholds"][k]) for k in HASH_KINDS}
-    result = deduplicate(hashes_of(synthetic, cfg), hashes_of(train.images, cfg), hashes_of(holdout, cfg), thresholds)
+    rule = str(cfg.get("rule", "any"))
+    result = deduplicate(hashes_of(synthetic, cfg), hashes_of(train.images, cfg), hashes_of(holdout, cfg), thresholds,
+                         rule)
     manifest["reason"] = result.reason
     for kind in HASH_KINDS:
         manifest[f"nearest_train_{kind}"] = result.train_distance[kind]
-    report = {"thresholds": thresholds, "counts": result.counts(), "holdout_near": result.holdout_near_count,
+    report = {"thresholds": thresholds, "rule": rule, "counts": result.counts(), "holdout_near": result.holdout_near_count,
               "per_class": manifest.groupby(["class", "reason"]).size().unstack(fill_value=0).to_dict("index")}
     if result.holdout_near_count:
         examples = manifest.loc[result.holdout_near_indices[:5], "file"].tolist()

@@ -36,9 +36,9 @@ def load_trained(model_dir: Path) -> tuple[NormalizedClassifier, dict]:
     return model, info
 
 
-def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metrics_json: Path, plots_dir: Path,
+def run_evaluate(params: dict, arm: str, seed: int, prepared: Path, model_dir: Path, metrics_json: Path, plots_dir: Path,
                  predictions_csv: Path, roc_csv: Path) -> dict:
-    """Score the arm on test, write the metrics file, figures and predictions; log to the arm's MLflow run."""
+    """Score one (arm, seed) run on test, write the metrics file, figures and predictions; log to its MLflow run."""
     cfg = section(params, "evaluate")
     model, info = load_trained(model_dir)
     test = read_split(prepared, "test")
@@ -46,7 +46,8 @@ def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metric
     proba = predict_proba(model.to(device), test.images, int(cfg["batch_size"]), device)
     report = evaluation_report(test.labels, proba, model.classes, int(cfg["bootstrap_samples"]),
                                float(cfg["ci_level"]), int(cfg["seed"]))
-    document = {"arm": arm, "model_version": info["version"], "test": report}
+    document = {"arm": arm, "seed": int(seed), "model_version": info["version"], "test": report}
+    title = f"{arm} (seed {seed})"
     points = roc_points(test.labels, proba, model.classes)
     aucs = {c: v["auc"] for c, v in report["per_class"].items()}
     predictions = pd.DataFrame({"image_id": test.image_ids, "actual": [model.classes[i] for i in test.labels],
@@ -55,8 +56,8 @@ def run_evaluate(params: dict, arm: str, prepared: Path, model_dir: Path, metric
           atomic_file(Path(predictions_csv)) as tmp_predictions, atomic_file(Path(roc_csv)) as tmp_roc):
         predictions.to_csv(tmp_predictions, index=False)
         roc_table(points).to_csv(tmp_roc, index=False, float_format="%.4f")
-        save(confusion_figure(test.labels, proba.argmax(1), model.classes, f"{arm}: test confusion"), tmp / "confusion.png")
-        save(roc_figure(points, aucs, f"{arm}: test ROC (one-vs-rest)"), tmp / "roc.png")
+        save(confusion_figure(test.labels, proba.argmax(1), model.classes, f"{title}: test confusion"), tmp / "confusion.png")
+        save(roc_figure(points, aucs, f"{title}: test ROC (one-vs-rest)"), tmp / "roc.png")
         tmp_json.write_text(json.dumps(document, indent=2))
         _log_to_mlflow(params, info, report, tmp, {"roc_points.json": points, "predictions.json": predictions})
     return document

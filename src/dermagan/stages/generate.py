@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pandas as pd
 from dermagan.atomic import atomic_dir
 from dermagan.constants import CLASSES
 from dermagan.data.prepared import read_split
+from dermagan.errors import DermaganError
 from dermagan.gan.generate import load_generator, manifest_rows, sample_images, synthetic_counts, write_pngs
 from dermagan.params import section
 
@@ -21,7 +23,11 @@ def run_generate(params: dict, method: str, prepared: Path, gan_dir: Path, out_d
     cfg = section(params, "gan")
     train = read_split(prepared, "train")
     real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(CLASSES)}
-    counts = synthetic_counts(real_counts, list(cfg["classes"]), cfg["amount"]["mode"], float(cfg["amount"]["value"]))
+    wanted = synthetic_counts(real_counts, list(cfg["classes"]), cfg["amount"]["mode"], float(cfg["amount"]["value"]))
+    factor = float(cfg.get("candidates_factor", 1.0))
+    if factor < 1:
+        raise DermaganError(f"params: gan.candidates_factor must be >= 1, got {factor}")
+    counts = {dx: math.ceil(n * factor) for dx, n in wanted.items()}  # spares for dedup to drop
     index = json.loads((Path(gan_dir) / "generators.json").read_text())
     seed = int(cfg["generate_seed"])
     frames = []

@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from dermagan.atomic import atomic_dir
 from dermagan.constants import CLASSES
@@ -90,15 +91,20 @@ def _train_one(trainer: GanTrainer, method: str, name: str, classes: list[str], 
                                       data="real train split only", resumed=resumed))
         mlflow.log_params({**flatten(asdict(cfg)), "n_train_images": len(trainer.images)})
         log_every = max(1, 1000 // cfg.batch_size)
+        bar = tqdm(total=cfg.total_images, initial=trainer.images_seen, unit="img", mininterval=5,
+                   desc=f"{method} {name}")
 
         def on_step(seen: int, losses: dict) -> None:
+            bar.update(seen - bar.n)
             if trainer.step_count == 1 or trainer.step_count % log_every == 0:
                 mlflow.log_metrics(losses, step=seen)
+                bar.set_postfix(d=f"{losses['gan/d_loss']:.3f}", g=f"{losses['gan/g_loss']:.3f}", refresh=False)
 
         def on_snapshot(seen: int, grid: torch.Tensor) -> None:
             mlflow.log_image(grid.permute(1, 2, 0).numpy(), key="samples", step=seen)
 
         train_gan(trainer, checkpoint, on_step=on_step, on_snapshot=on_snapshot)
+        bar.close()
         wall = time.perf_counter() - started
         mlflow.log_metrics({"gan/wall_seconds": wall, "gan/images_seen": trainer.images_seen})
         example = np.zeros((1, cfg.latent_dim), dtype=np.float32)

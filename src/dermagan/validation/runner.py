@@ -118,12 +118,12 @@ def failure_dict(frame: str, expectation_result, keys: list[str]) -> dict:
     })
 
 
-def run_frame(ctx, source, name: str, frame: pd.DataFrame, suite: gx.ExpectationSuite):
+def run_frame(ctx, source, name: str, frame: pd.DataFrame, suite: gx.ExpectationSuite, keys: list[str]):
     """Register asset, batch definition, suite and validation definition; validate ``frame``."""
     batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
     definition = ctx.validation_definitions.add(
         gx.ValidationDefinition(name=name, data=batch, suite=ctx.suites.add(suite)))
-    result_format = {"result_format": "SUMMARY", "unexpected_index_column_names": FRAME_KEYS[name]}
+    result_format = {"result_format": "SUMMARY", "unexpected_index_column_names": keys}
     return definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
 
 
@@ -133,16 +133,20 @@ def run_all(frames: dict[str, pd.DataFrame], thresholds: Thresholds,
     unknown = sorted(set(frames) - set(FRAME_KEYS))
     if unknown:
         raise DermaganError(f"unknown frame(s) {unknown}; expected names from {list(FRAME_KEYS)}")
+    return run_suites(frames, build_suites(thresholds), FRAME_KEYS, docs_dir)
+
+
+def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, gx.ExpectationSuite],
+               keys: dict[str, list[str]], docs_dir: Path | None) -> ValidationReport:
+    """Validate each frame with its suite in one context (``keys``: columns naming a failing row)."""
     ctx = new_context(docs_dir)
     source = ctx.data_sources.add_pandas("dermagan")
-    suites = build_suites(thresholds)
     report = ValidationReport(success=True)
     for name, frame in frames.items():
-        outcome = run_frame(ctx, source, name, frame, suites[name])
+        outcome = run_frame(ctx, source, name, frame, suites[name], keys[name])
         report.success = report.success and bool(outcome.success)
         report.statistics[name] = plain({**outcome.statistics, "rows": len(frame)})
-        report.failures += [failure_dict(name, r, FRAME_KEYS[name])
-                            for r in outcome.results if not r.success]
+        report.failures += [failure_dict(name, r, keys[name]) for r in outcome.results if not r.success]
     if docs_dir is not None:
         ctx.build_data_docs(site_names=[DOCS_SITE])
     return report

@@ -1,0 +1,197 @@
+"""The compare stage: multi-seed tables, the paired bootstrap verdict and the stage end to end."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dermagan.constants import CLASSES
+from dermagan.errors import DermaganError
+from dermagan.evaluate.compare import (
+    BETTER,
+    NO_DIFFERENCE,
+    arms_table,
+    bootstrap_indices,
+    bootstrap_recalls,
+    gan_vs_best,
+    is_gan_arm,
+    metric_values,
+    runs_table,
+)
+from dermagan.evaluate.metrics import classification_metrics
+from dermagan.stages.compare import run_compare
+
+N_CLASSES = len(CLASSES)
+ARMS = {"effnet": {"backbone": "efficientnet_lite0", "pretrained": "package", "augment": False,
+                   "class_weights": False, "extra": None},
+        "effnet_dcgan": {"backbone": "efficientnet_lite0", "pretrained": "package", "augment": False,
+                         "class_weights": False, "extra": "dcgan/dedup"}}
+
+
+def test_gan_arm_needs_method_slash_set():
+    assert is_gan_arm({"extra": "cdcgan/dedup"})
+    assert not is_gan_arm({"extra": "oversample"})
+    assert not is_gan_arm({"extra": None})
+    assert not is_gan_arm({})
+
+
+def test_bootstrap_recalls_equal_a_plain_loop():
+    rng = np.random.default_rng(1)
+    y_true, y_pred = rng.integers(0, 4, 30), rng.integers(0, 4, 30)
+    idx = bootstrap_indices(30, 25, seed=3)
+    fast = bootstrap_recalls(y_true, y_pred, idx, 5)  # class 4 never occurs: NaN column
+    assert fast.shape == (25, 5)
+    for b in range(25):
+        for c in range(5):
+            rows = [i for i in idx[b] if y_true[i] == c]
+            expected = sum(y_pred[i] == c for i in rows) / len(rows) if rows else math.nan
+            assert fast[b, c] == pytest.approx(expected, nan_ok=True)
+
+
+def test_balanced_accuracy_is_mean_recall_over_present_classes():
+    recalls = np.array([[0.5, 1.0, np.nan], [0.2, 0.4, 0.6]])
+    values = metric_values(recalls, ("a", "b", "c"), ("bal_acc", "recall_b"))
+    np.testing.assert_allclose(values, [[0.75, 1.0], [0.4, 0.4]])
+
+
+def _labels(per_class: int = 40) -> np.ndarray:
+    return np.repeat(np.arange(N_CLASSES), per_class)
+
+
+def _predict(y_true: np.ndarray, miss_rate: dict[int, float], seed: int) -> np.ndarray:
+    """Correct predictions except a share ``miss_rate[c]`` of class c, predicted as the next class."""
+    rng = np.random.default_rng(seed)
+    y_pred = y_true.copy()
+    for c, rate in miss_rate.items():
+        where = np.flatnonzero(y_true == c)
+        missed = rng.choice(where, int(rate * len(where)), replace=False)
+        y_pred[missed] = (c + 1) % N_CLASSES
+    return y_pred
+
+
+def test_verdict_better_for_a_planted_gan_gain():
+    y_true = _labels()
+    df = CLASSES.index("df")
+    real = {s: _predict(y_true, {df: 0.8}, seed=s) for s in (0, 1)}
+    gan = {s: _predict(y_true, {df: 0.1}, seed=s) for s in (0, 1)}
+    verdicts = gan_vs_best(y_true, {"effnet": real, "effnet_dcgan": gan}, ["effnet_dcgan"], CLASSES,
+                           n_boot=500, level=0.95, seed=0).set_index("metric")
+    assert verdicts.loc["recall_df", "verdict"] == BETTER
+    assert verdicts.loc["recall_df", "diff"] == pytest.approx(0.7)
+    assert verdicts.loc["recall_df", "ci_low"] > 0.4
+    assert verdicts.loc["recall_mel", "verdict"] == NO_DIFFERENCE  # both perfect on mel
+    assert set(verdicts["best_non_gan_arm"]) == {"effnet"}
+
+
+def test_identical_predictions_show_no_difference():
+    y_true = _labels()
+    same = {s: _predict(y_true, {0: 0.3, 3: 0.5, 4: 0.2}, seed=s) for s in (0, 1)}
+    verdicts = gan_vs_best(y_true, {"cnn": same, "oversample": same, "cnn_gan": same}, ["cnn_gan"], CLASSES,
+                           n_boot=200, level=0.95, seed=0)
+    assert len(verdicts) == 6
+    assert (verdicts["diff"] == 0).all() and (verdicts["ci_low"] == 0).all() and (verdicts["ci_high"] == 0).all()
+    assert (verdicts["verdict"] == NO_DIFFERENCE).all()
+
+
+def test_no_gan_arm_gives_an_empty_verdict_table():
+    y_true = _labels(5)
+    verdicts = gan_vs_best(y_true, {"cnn": {0: y_true}}, [], CLASSES, n_boot=10, level=0.95, seed=0)
+    assert verdicts.empty and "verdict" in verdicts.columns
+
+
+def test_arms_table_aggregates_seeds():
+    docs = {(arm, s): {"test": {"bal_acc": b, "macro_f1": b, "macro_auc": None, "accuracy": b,
+                                "per_class": {c: {"recall": b} for c in CLASSES}}}
+            for arm, s, b in [("effnet", 0, 0.6), ("effnet", 1, 0.7), ("effnet_dcgan", 0, 0.8)]}
+    table = arms_table(runs_table(docs, ARMS, CLASSES), CLASSES).set_index("arm")
+    assert list(table.index) == ["effnet_dcgan", "effnet"]
+    assert table.loc["effnet", "n_seeds"] == 2
+    assert table.loc["effnet", "bal_acc_mean"] == pytest.approx(0.65)
+    assert table.loc["effnet", "bal_acc_std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    assert math.isnan(table.loc["effnet_dcgan", "bal_acc_std"])
+    assert bool(table.loc["effnet_dcgan", "gan"]) and not bool(table.loc["effnet", "gan"])
+
+
+def _write_run(metrics_dir: Path, predictions_dir: Path, arm: str, seed: int, y_pred: np.ndarray) -> None:
+    """A metrics file computed from the predictions (as the evaluate stage does) and the predictions CSV."""
+    y_true = _labels(10)
+    test = classification_metrics(y_true, np.eye(N_CLASSES)[y_pred], CLASSES)
+    test["bal_acc_ci_low"], test["bal_acc_ci_high"] = test["bal_acc"] - 0.05, test["bal_acc"] + 0.05
+    for values in test["per_class"].values():
+        values["recall_ci_low"], values["recall_ci_high"] = max(values["recall"] - 0.1, 0), None
+    document = {"arm": arm, "seed": seed, "model_version": "3", "test": test}
+    (metrics_dir / f"{arm}-s{seed}.json").write_text(json.dumps(document))
+    pd.DataFrame({"image_id": [f"ISIC_{i:07d}" for i in range(len(y_true))],
+                  "actual": [CLASSES[i] for i in y_true], "predicted": [CLASSES[i] for i in y_pred]}
+                 ).to_csv(predictions_dir / f"{arm}-s{seed}.csv", index=False)
+
+
+@pytest.fixture
+def compare_inputs(tmp_path: Path) -> tuple[dict, Path, Path]:
+    metrics_dir, predictions_dir = tmp_path / "metrics", tmp_path / "predictions"
+    metrics_dir.mkdir()
+    predictions_dir.mkdir()
+    y_true = _labels(10)
+    for seed in (0, 1):
+        _write_run(metrics_dir, predictions_dir, "effnet", seed, _predict(y_true, {3: 0.6, 4: 0.3 - 0.2 * seed}, seed))
+        _write_run(metrics_dir, predictions_dir, "effnet_dcgan", seed, _predict(y_true, {3: 0.2, 4: 0.5}, seed))
+    params = {"arms": ARMS, "train": {"seeds": [0, 1]},
+              "evaluate": {"bootstrap_samples": 200, "ci_level": 0.95, "seed": 0},
+              "mlflow": {"experiment": "test-compare"}}
+    return params, metrics_dir, predictions_dir
+
+
+def test_run_compare_end_to_end(tracking, tmp_path, compare_inputs):
+    params, metrics_dir, predictions_dir = compare_inputs
+    out = tmp_path / "reports" / "compare"
+    markdown = run_compare(params, metrics_dir, out, predictions_dir)
+    for name in ("comparison.md", "comparison.png", "gan_vs_best.png", "arms.csv", "runs.csv",
+                 "gan_vs_best.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)
+    assert set(summary["arms"]) == {"effnet", "effnet_dcgan"}
+    assert summary["arms"]["effnet"]["bal_acc_std"] > 0
+    assert set(summary["gan_vs_best"]["effnet_dcgan"]) == {"bal_acc", "recall_akiec", "recall_bcc",
+                                                           "recall_df", "recall_mel", "recall_vasc"}
+    assert len(pd.read_csv(out / "runs.csv")) == 4
+    assert "effnet" in markdown and "effnet_dcgan" in markdown and "beyond the 95% CI on" in markdown
+    assert (out / "comparison.md").read_text() == markdown
+
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["test-compare"])
+    assert list(runs["tags.mlflow.runName"]) == ["compare"]
+    logged = runs.loc[0, "metrics.compare/effnet/bal_acc_mean"]
+    assert logged == pytest.approx(summary["arms"]["effnet"]["bal_acc_mean"])
+
+
+def test_missing_metrics_file_names_it(tmp_path, compare_inputs):
+    params, metrics_dir, predictions_dir = compare_inputs
+    (metrics_dir / "effnet_dcgan-s1.json").unlink()
+    with pytest.raises(DermaganError, match=r"effnet_dcgan-s1\.json.*evaluate@effnet_dcgan-1"):
+        run_compare(params, metrics_dir, tmp_path / "out", predictions_dir)
+    assert not (tmp_path / "out").exists()
+
+
+def test_test_images_must_match_across_runs(tmp_path, compare_inputs):
+    params, metrics_dir, predictions_dir = compare_inputs
+    path = predictions_dir / "effnet_dcgan-s0.csv"
+    frame = pd.read_csv(path)
+    frame.iloc[[0, 1]] = frame.iloc[[1, 0]].to_numpy()
+    frame.to_csv(path, index=False)
+    with pytest.raises(DermaganError, match="same test split"):
+        run_compare(params, metrics_dir, tmp_path / "out", predictions_dir)
+
+
+def test_one_seed_and_no_gan_arm(tracking, tmp_path, compare_inputs):
+    params, metrics_dir, predictions_dir = compare_inputs
+    params = {**params, "arms": {"effnet": ARMS["effnet"]}, "train": {"seeds": [0]}}
+    out = tmp_path / "out"
+    markdown = run_compare(params, metrics_dir, out, predictions_dir)
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)
+    assert summary["arms"]["effnet"]["bal_acc_std"] is None
+    assert summary["gan_vs_best"] == {}
+    assert "no GAN arms" in markdown
