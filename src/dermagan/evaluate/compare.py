@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from dermagan.constants import MINORITY_CLASSES  # noqa: E402
+from dermagan.serialize import json_safe  # noqa: E402
 
 SETTINGS: tuple[str, ...] = ("backbone", "pretrained", "augment", "class_weights", "extra")
 VERDICT_METRICS: tuple[str, ...] = ("bal_acc", *(f"recall_{c}" for c in MINORITY_CLASSES))
@@ -260,18 +261,6 @@ def summary(arms: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
             "ci_high": r["ci_high"], "verdict": r["verdict"]}
     return json_safe(document)
 
-
-def json_safe(value):
-    """Plain Python values for ``json.dumps``: numpy scalars unwrapped, NaN/inf -> None."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def mlflow_metrics(document: dict) -> dict[str, float]:

@@ -40,6 +40,7 @@ from dermagan.evaluate.fidelity import (  # noqa: E402
 from dermagan.evaluate.plots import save  # noqa: E402
 from dermagan.evaluate.sample_grids import random_subset, real_vs_synthetic_figure  # noqa: E402
 from dermagan.params import section  # noqa: E402
+from dermagan.serialize import json_safe  # noqa: E402
 from dermagan.stages.generate import MANIFEST  # noqa: E402
 from dermagan.tracking.setup import configure  # noqa: E402
 
@@ -154,18 +155,6 @@ def nearest_train_figure(decisions: pd.DataFrame, classes: list[str], method: st
     fig.tight_layout()
     return fig
 
-
-def json_safe(value):
-    """Copy of ``value`` with NaN/inf floats as None and numpy scalars as Python ones."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def mlflow_metrics(method: str, dx: str, metrics: dict) -> dict[str, float]:
