@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def textured_image(rng: np.random.Generator, height: int, width: int) -> np.ndar
     return np.clip(ramp + rng.integers(0, 120, (height, width, 3)), 0, 255).astype(np.uint8)
 
 
-def make_ham_folder(root: Path, per_class: int = 12, seed: int = 0, size=(40, 30)) -> Path:
+def make_ham_folder(root: Path, per_class: int = 12, seed: int = 0, size=(48, 36)) -> Path:
     """Write a HAM10000-layout folder (metadata.csv + images/) with ``per_class`` images per class.
 
     Every second lesion has two images, so lesion grouping matters.
@@ -61,3 +62,21 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+def oversize_jpeg(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A small valid JPEG whose header (SOF) claims ``width`` x ``height`` px.
+
+    Pillow reads the size from the header on open, so this trips its decompression-bomb guard
+    exactly like a real huge photo, without writing or decoding gigabytes.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(textured_image(np.random.default_rng(0), 36, 48)).save(buffer, format="JPEG", quality=90)
+    data = bytearray(buffer.getvalue())
+    pos = 2  # after SOI; walk the marker segments to the frame header
+    while data[pos + 1] not in (0xC0, 0xC1, 0xC2):
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    data[pos + 5:pos + 7] = height.to_bytes(2, "big")
+    data[pos + 7:pos + 9] = width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path

@@ -24,8 +24,9 @@ SIZE = 16
 def params_for(extra) -> dict:
     return {"prepare": {"image_size": SIZE},
             "gan": {"classes": ["df", "vasc"], "amount": {"mode": "count", "value": 3}, "seed": 0},
+            # an arm: `extra` plus recipe overrides (validate_augmented reads only `extra`)
             "arms": {"arm": {"backbone": "simple_cnn", "pretrained": None, "augment": False,
-                             "class_weights": False, "extra": extra}}}
+                             "class_weight_power": 0.0, "extra": extra}}}
 
 
 @pytest.fixture

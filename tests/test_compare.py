@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dermagan.classify.recipe import RECIPE_KEYS
 from dermagan.constants import CLASSES
 from dermagan.errors import DermaganError
 from dermagan.evaluate.compare import (
@@ -25,10 +26,14 @@ from dermagan.evaluate.metrics import classification_metrics
 from dermagan.stages.compare import run_compare
 
 N_CLASSES = len(CLASSES)
-ARMS = {"effnet": {"backbone": "efficientnet_lite0", "pretrained": "package", "augment": False,
-                   "class_weights": False, "extra": None},
-        "effnet_dcgan": {"backbone": "efficientnet_lite0", "pretrained": "package", "augment": False,
-                         "class_weights": False, "extra": "dcgan/dedup"}}
+# The shared recipe (params.yaml `train` + the tuned file, merged); arms are `extra` plus overrides.
+RECIPE = {"backbone": "tf_efficientnet_lite0", "pretrained": "package", "epochs": 6, "batch_size": 64, "lr": 0.002,
+          "weight_decay": 0.0001, "lr_schedule": "onecycle", "warmup_epochs": 1.5, "step_size": 3, "gamma": 0.3,
+          "patience": 3, "label_smoothing": 0.0, "class_weight_power": 1.0, "sampler": "shuffle", "augment": True,
+          "augment_strength": 0.0, "dropout": 0.2, "drop_path": 0.0, "tta": "hflip", "temperature_scaling": True}
+ARM_PARAMS = {"effnet": {"extra": None},
+              "effnet_dcgan": {"class_weight_power": 0.0, "sampler": "class_balanced", "extra": "dcgan/dedup"}}
+ARMS = {arm: {**RECIPE, **settings} for arm, settings in ARM_PARAMS.items()}  # resolved, as run_compare does
 
 
 def test_gan_arm_needs_method_slash_set():
@@ -131,6 +136,7 @@ def _write_run(metrics_dir: Path, predictions_dir: Path, arm: str, seed: int, y_
 
 @pytest.fixture
 def compare_inputs(tmp_path: Path) -> tuple[dict, Path, Path]:
+    assert sorted(RECIPE) == sorted(RECIPE_KEYS)
     metrics_dir, predictions_dir = tmp_path / "metrics", tmp_path / "predictions"
     metrics_dir.mkdir()
     predictions_dir.mkdir()
@@ -138,7 +144,7 @@ def compare_inputs(tmp_path: Path) -> tuple[dict, Path, Path]:
     for seed in (0, 1):
         _write_run(metrics_dir, predictions_dir, "effnet", seed, _predict(y_true, {3: 0.6, 4: 0.3 - 0.2 * seed}, seed))
         _write_run(metrics_dir, predictions_dir, "effnet_dcgan", seed, _predict(y_true, {3: 0.2, 4: 0.5}, seed))
-    params = {"arms": ARMS, "train": {"seeds": [0, 1]},
+    params = {"arms": ARM_PARAMS, "train": {**RECIPE, "seeds": [0, 1]},
               "evaluate": {"bootstrap_samples": 200, "ci_level": 0.95, "seed": 0},
               "mlflow": {"experiment": "test-compare"}}
     return params, metrics_dir, predictions_dir
@@ -156,7 +162,13 @@ def test_run_compare_end_to_end(tracking, tmp_path, compare_inputs):
     assert summary["arms"]["effnet"]["bal_acc_std"] > 0
     assert set(summary["gan_vs_best"]["effnet_dcgan"]) == {"bal_acc", "recall_akiec", "recall_bcc",
                                                            "recall_df", "recall_mel", "recall_vasc"}
-    assert len(pd.read_csv(out / "runs.csv")) == 4
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4
+    settings = runs.drop_duplicates("arm").set_index("arm")  # each arm's recipe: shared values + overrides
+    assert set(settings["backbone"]) == {"tf_efficientnet_lite0"}
+    assert settings.loc["effnet", "class_weight_power"] == 1.0 and settings.loc["effnet", "sampler"] == "shuffle"
+    assert settings.loc["effnet_dcgan", "class_weight_power"] == 0.0
+    assert settings.loc["effnet_dcgan", "sampler"] == "class_balanced"
     assert "effnet" in markdown and "effnet_dcgan" in markdown and "beyond the 95% CI on" in markdown
     assert (out / "comparison.md").read_text() == markdown
 
@@ -176,6 +188,14 @@ def test_missing_metrics_file_names_it(tmp_path, compare_inputs):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_arm_with_an_unknown_key_is_a_clear_error(tmp_path, compare_inputs):
+    params, metrics_dir, predictions_dir = compare_inputs
+    params = {**params, "arms": {**ARM_PARAMS, "effnet": {"class_weights": True, "extra": None}}}
+    with pytest.raises(DermaganError, match=r"arms\.effnet sets unknown key\(s\) \['class_weights'\]"):
+        run_compare(params, metrics_dir, tmp_path / "out", predictions_dir)
+    assert not (tmp_path / "out").exists()
+
+
 def test_test_images_must_match_across_runs(tmp_path, compare_inputs):
     params, metrics_dir, predictions_dir = compare_inputs
     path = predictions_dir / "effnet_dcgan-s0.csv"
@@ -188,7 +208,7 @@ def test_test_images_must_match_across_runs(tmp_path, compare_inputs):
 
 def test_one_seed_and_no_gan_arm(tracking, tmp_path, compare_inputs):
     params, metrics_dir, predictions_dir = compare_inputs
-    params = {**params, "arms": {"effnet": ARMS["effnet"]}, "train": {"seeds": [0]}}
+    params = {**params, "arms": {"effnet": ARM_PARAMS["effnet"]}, "train": {**RECIPE, "seeds": [0]}}
     out = tmp_path / "out"
     markdown = run_compare(params, metrics_dir, out, predictions_dir)
     summary = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)

@@ -28,12 +28,21 @@ ARMS = ("cnn", "effnet", "cnn_ros", "cnn_dcgan")
 BIN = Path(sys.executable).parent
 
 
-def shrunk_params() -> dict:
+def shrunk_params() -> tuple[dict, dict]:
+    """params.yaml and params/tuned.yaml (the file params.yaml's `tuned_params` names), both shrunk.
+
+    A recipe key lives in exactly one of the two files (a key in both is an error), so each
+    shrunk key is set where the real files keep it: epochs and batch_size are tuned values.
+    """
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    tuned = yaml.safe_load((REPO / params["tuned_params"]).read_text())
     params["prepare"].update(image_size=32, seed=1)
     params["validate"].update(min_class_count=1, min_class_share=0.0, max_class_share=1.0)
-    params["train"].update(epochs=1, batch_size=16, seeds=[0])
-    cnn = {"backbone": "simple_cnn", "pretrained": None, "augment": False, "class_weights": False}
+    params["train"].update(seeds=[0])
+    for key, value in {"epochs": 1, "batch_size": 16}.items():
+        (tuned["train"] if key in tuned["train"] else params["train"])[key] = value
+    # cnn arms override recipe keys; effnet is the real arm: the tuned recipe on real images
+    cnn = {"backbone": "simple_cnn", "pretrained": None, "augment": False, "class_weight_power": 0.0}
     params["arms"] = {"cnn": {**cnn, "extra": None}, "effnet": params["arms"]["effnet"],
                       "cnn_ros": {**cnn, "extra": "oversample"}, "cnn_dcgan": {**cnn, "extra": "dcgan/dedup"}}
     params["gan"].update(methods=["dcgan"], classes=["df", "vasc"], amount={"mode": "count", "value": 4},
@@ -41,7 +50,7 @@ def shrunk_params() -> dict:
                          snapshot_every_images=24, checkpoint_every_images=24, grid_size=4)
     params["fidelity"].update(feature_size=32, grid_images=3)
     params["evaluate"]["bootstrap_samples"] = 200
-    return params
+    return params, tuned
 
 
 def real_subset(source: Path, dest: Path) -> None:
@@ -69,7 +78,10 @@ def project(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    (root / "params.yaml").write_text(yaml.safe_dump(shrunk_params(), sort_keys=False))
+    params, tuned = shrunk_params()
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / params["tuned_params"]).parent.mkdir(parents=True, exist_ok=True)
+    (root / params["tuned_params"]).write_text(yaml.safe_dump(tuned, sort_keys=False))
     real_subset(REAL_DATA, root / "data")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "False",
            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
@@ -87,6 +99,8 @@ def test_pipeline_writes_metrics_and_comparison(project):
         assert 0 <= test["bal_acc_ci_low"] <= test["bal_acc"] <= test["bal_acc_ci_high"] <= 1
         assert set(test["per_class"]) == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
         assert (root / "reports" / "eval" / f"{arm}-s0" / "confusion.png").stat().st_size > 0
+        reliability = pd.read_csv(root / "reports" / "reliability" / f"{arm}-s0.csv")
+        assert list(reliability.columns) == ["bin", "confidence", "accuracy", "count"] and len(reliability) > 0
     table = pd.read_csv(root / "reports" / "compare" / "arms.csv")
     assert sorted(table["arm"]) == sorted(ARMS)
     assert "cnn_dcgan" in (root / "reports" / "compare" / "comparison.md").read_text()
@@ -127,7 +141,8 @@ def test_models_registered_with_tags_and_promoted(project):
     assert len(versions) == len(ARMS)
     assert {v.tags["arm"] for v in versions} == set(ARMS)
     assert all("test_bal_acc" in v.tags and "test_recall_df" in v.tags for v in versions)
-    best = max(versions, key=lambda v: float(v.tags["test_bal_acc"]))
+    # promotion picks by validation (newest wins ties) and only gates on test
+    best = max(versions, key=lambda v: (float(v.tags["val_bal_acc"]), int(v.version)))
     promoted = run([str(BIN / "dermagan"), "promote"], root, env)
     assert f"promoted v{best.version}" in promoted.stdout
     assert str(client.get_model_version_by_alias("dermagan-classifier", "champion").version) == str(best.version)
@@ -155,7 +170,7 @@ def test_second_repro_does_nothing_and_one_arm_change_reruns_only_it(project):
     second = run(["dvc", "repro"], root, env)
     assert "Running stage" not in second.stdout
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["arms"]["cnn"]["class_weights"] = True
+    params["arms"]["cnn"]["class_weight_power"] = 1.0
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], root, env).stdout
     assert "train@cnn-0" in status and "train@effnet-0" not in status and "evaluate@effnet-0" not in status

@@ -98,3 +98,51 @@ def test_failure_keeps_previous_outputs(ham_folder, tmp_path):
     with pytest.raises(DermaganError):
         run(ham_folder, tmp_path)
     assert (tmp_path / "prepared" / "splits.csv").read_bytes() == before
+
+
+def test_oversized_image_is_refused_by_name(ham_folder, tmp_path):
+    from conftest import oversize_jpeg
+
+    oversize_jpeg(ham_folder / "images" / "ISIC_0000003.jpg")  # header says 20000x20000 px
+    with pytest.raises(DermaganError, match=r"ISIC_0000003\.jpg: image is too large .*400,000,000 pixels"):
+        run(ham_folder, tmp_path)
+    assert_no_outputs(tmp_path)
+
+
+@pytest.mark.parametrize("content, expected", [("lesion_id,image_id,dx,dx_type,age,sex,localization\n",
+                                                 "has a header but no rows"),
+                                                ("", "metadata file is empty")])
+def test_empty_metadata_is_refused_by_name(ham_folder, tmp_path, content, expected):
+    (ham_folder / "metadata.csv").write_text(content)
+    with pytest.raises(DermaganError, match=rf"metadata\.csv: .*{expected}"):
+        run(ham_folder, tmp_path)
+    assert_no_outputs(tmp_path)
+
+
+def test_too_small_image_is_refused_by_name_and_size(ham_folder, tmp_path):
+    tiny = ham_folder / "images" / "ISIC_0000003.jpg"
+    Image.open(tiny).resize((8, 6)).save(tiny)
+    with pytest.raises(DermaganError, match=r"min_image_side = 32 px: ISIC_0000003\.jpg \(8x6 px\)$"):
+        run(ham_folder, tmp_path)
+    assert_no_outputs(tmp_path)
+    lowered = PrepareConfig(image_size=16, val_fraction=0.2, test_fraction=0.2, seed=0, min_image_side=6)
+    prepare_dataset(ham_folder, tmp_path / "prepared", tmp_path / "eda", lowered)  # the threshold is a param
+    assert len(read_split_table(tmp_path / "prepared")) == 84
+
+
+def test_non_numeric_age_names_line_and_image(ham_folder, tmp_path):
+    frame = pd.read_csv(ham_folder / "metadata.csv", dtype={"age": object})
+    frame.loc[5, "age"], frame.loc[9, "age"] = "eighty", None  # an empty age is allowed (HAM10000 has them)
+    frame.to_csv(ham_folder / "metadata.csv", index=False)
+    with pytest.raises(DermaganError, match=r"metadata\.csv: column 'age' is not a number on 1 row\(s\) "
+                                            r"\(line 7: image_id 'ISIC_0000005' has age 'eighty'\)"):
+        run(ham_folder, tmp_path)
+    assert_no_outputs(tmp_path)
+
+
+def test_empty_age_is_accepted_and_ages_are_float(ham_folder):
+    from dermagan.data.metadata import read_metadata
+
+    edit_metadata(ham_folder, lambda f: f.loc.__setitem__((9, "age"), None))
+    frame = read_metadata(ham_folder / "metadata.csv")
+    assert frame["age"].dtype == float and frame["age"].isna().sum() == 1

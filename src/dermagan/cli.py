@@ -45,7 +45,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from dermagan.stages.evaluate import run_evaluate
 
     doc = run_evaluate(load_params(args.params), args.arm, args.seed, args.prepared, args.model_dir, args.metrics, args.plots,
-                       args.predictions, args.roc)
+                       args.predictions, args.roc, reliability_csv=args.reliability)
     test = doc["test"]
     print(f"arm {args.arm} seed {args.seed} test bal_acc {test['bal_acc']:.4f} "
           f"[{test['bal_acc_ci_low']:.4f}, {test['bal_acc_ci_high']:.4f}]")
@@ -109,13 +109,18 @@ def cmd_calibrate_dedup(args: argparse.Namespace) -> None:
 def cmd_promote(args: argparse.Namespace) -> None:
     import mlflow
 
+    from dermagan.params import section
     from dermagan.tracking.registry import promote
     from dermagan.tracking.setup import configure
 
-    configure(load_params(args.params)["mlflow"]["experiment"])
+    params = load_params(args.params)
+    configure(params["mlflow"]["experiment"])
     if args.force:
-        print("--force: promoting without checking that the version beats the current champion")
-    decision = promote(mlflow.MlflowClient(), args.name, args.version, force=args.force)
+        print("--force: promoting without the paired-bootstrap test gate against the current champion")
+    decision = promote(mlflow.MlflowClient(), args.name, args.version, force=args.force,
+                       n_boot=int(section(params, "evaluate", "bootstrap_samples")),
+                       level=float(section(params, "evaluate", "ci_level")),
+                       seed=int(section(params, "evaluate", "seed")))
     print(decision.message)
     if not decision.promoted and decision.previous_version != decision.version:
         sys.exit(1)
@@ -139,6 +144,48 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     print(f"wrote {len(frame)} predictions to {args.out} ({len(skipped)} unreadable file(s) skipped)")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from dermagan.stages.tune import apply_best, run_tune
+
+    params = load_params(args.params)
+    summary = run_tune(params, args.target, args.prepared, args.report or Path(f"reports/tune/{args.target}"),
+                       workers=args.workers, worker_offset=args.worker_index, storage=args.storage, study=args.study,
+                       n_trials=args.n_trials,
+                       timeout_minutes=args.timeout_minutes)
+    print(json.dumps(summary, indent=2))
+    if args.apply:
+        path = apply_best(args.params, params, args.target, summary)
+        print(f"wrote the best values to {path}; `dvc params diff` shows the change, `dvc repro` retrains")
+    else:
+        print(f"not applied (add --apply to write them into {params.get('tuned_params')})")
+
+
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from dermagan.classify.bench import PHASES, profile_training
+    from dermagan.classify.recipe import build_classifier
+    from dermagan.classify.train import Trainer
+    from dermagan.constants import CLASSES
+    from dermagan.data.prepared import read_split
+    from dermagan.device import pick_device
+    from dermagan.stages.train import arm_recipe, train_config
+
+    params = load_params(args.params)
+    recipe, cfg = arm_recipe(params, args.arm), train_config(params, args.arm, args.seed)
+    torch.manual_seed(args.seed)
+    model = build_classifier(recipe, CLASSES, int(params["prepare"]["image_size"]))
+    trainer = Trainer(model, read_split(args.prepared, "train"), cfg, pick_device(params["train"]["device"]))
+    result = profile_training(trainer, args.steps)
+    print(f"arm {args.arm}: {recipe['backbone']}, batch {cfg.batch_size}, {torch.get_num_threads()} threads")
+    for phase in PHASES:
+        print(f"  {phase:9s} {result['ms_per_step'][phase]:7.1f} ms/step  {result['share'][phase]:6.1%}")
+    print(f"training step: {result['train_images_per_s']:.0f} img/s; raw forward+backward: "
+          f"{result['raw_images_per_s']:.0f} img/s; ratio {result['ratio']:.2f}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -198,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", type=Path,
                    help="per-image test predictions (default: reports/predictions/ARM-sSEED.csv)")
     p.add_argument("--roc", type=Path, help="ROC curves on a shared FPR grid (default: reports/roc/ARM-sSEED.csv)")
+    p.add_argument("--reliability", type=Path,
+                   help="reliability-diagram bins, non-empty only (default: reports/reliability/ARM-sSEED.csv)")
 
     p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
     p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
@@ -239,15 +288,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--out", type=Path, default=Path("reports/dedup/calibration"))
 
-    p = add("promote", cmd_promote, "Move the `champion` alias to a better model version (by test balanced accuracy).")
+    p = add("promote", cmd_promote,
+            "Move the `champion` alias to the evaluated version with the best validation balanced accuracy, "
+            "unless a paired bootstrap on the test split shows it worse than the current champion beyond the CI.")
     p.add_argument("--name", default="dermagan-classifier", help="registered model (default: %(default)s)")
-    p.add_argument("--version", help="version to promote (default: the best evaluated version)")
-    p.add_argument("--force", action="store_true", help="promote even if not better than the current champion")
+    p.add_argument("--version", help="version to promote (default: the evaluated version with the highest val_bal_acc)")
+    p.add_argument("--force", action="store_true", help="skip the test-set gate against the current champion")
 
     p = add("predict", cmd_predict, "Classify every JPEG/PNG in a folder with a registered model.")
     p.add_argument("images_dir", type=Path)
     p.add_argument("--model", default="models:/dermagan-classifier@champion", help="model URI (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("preds.csv"))
+
+    p = add("tune", cmd_tune, "Optuna study of a target's hyperparameters on real-only validation balanced "
+            "accuracy (search space: params.yaml tune.<target>.space); resumes an existing study.")
+    p.add_argument("target", choices=["classifier"], help="what to tune")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes sharing the study (default: %(default)s)")
+    p.add_argument("--worker-index", type=int, default=0,
+                   help="first worker number (sampler seed = tune seed + worker); give commands started side by "
+                        "side on one study different indices, e.g. 0 and 2 with --workers 2 each")
+    p.add_argument("--storage", help="Optuna storage: a journal file path or an RDB URL such as "
+                   "postgresql+psycopg2://user:pw@host/db (default: tune.storage, else tune.dir/STUDY.journal)")
+    p.add_argument("--study", help="study name (default: tune.<target>.study)")
+    p.add_argument("--n-trials", type=int, help="stop when the study has this many finished trials "
+                   "(complete + pruned, all workers; default: tune.<target>.n_trials)")
+    p.add_argument("--timeout-minutes", type=float, help="stop starting trials after this long "
+                   "(default: tune.<target>.timeout_minutes)")
+    p.add_argument("--report", type=Path, help="summary, trials table and figures (default: reports/tune/TARGET)")
+    p.add_argument("--apply", action="store_true", help="write the best values into the tuned-params file "
+                   "(params.yaml `tuned_params`)")
+
+    p = add("bench-train", cmd_bench_train, "Time the phases of an arm's training step (data, augment, forward, "
+            "backward, optimiser) against raw forward+backward of the same network.")
+    p.add_argument("--arm", default="effnet", help="arm whose recipe to time (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps (default: %(default)s)")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--out", type=Path, help="also write the figures as JSON here")
 
     p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.")
     p.add_argument("--host", default="127.0.0.1")
@@ -271,7 +350,8 @@ def _default_paths(args: argparse.Namespace) -> None:
         defaults = {"out": Path(f"artifacts/models/{run}"), "history": Path(f"reports/train/{run}.csv"),
                     "trainset": Path(f"artifacts/trainsets/{arm}"), "model_dir": Path(f"artifacts/models/{run}"),
                     "metrics": Path(f"metrics/{run}.json"), "plots": Path(f"reports/eval/{run}"),
-                    "predictions": Path(f"reports/predictions/{run}.csv"), "roc": Path(f"reports/roc/{run}.csv")}
+                    "predictions": Path(f"reports/predictions/{run}.csv"), "roc": Path(f"reports/roc/{run}.csv"),
+                    "reliability": Path(f"reports/reliability/{run}.csv")}
     else:
         defaults = {}
     for key, value in defaults.items():

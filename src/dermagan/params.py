@@ -10,8 +10,49 @@ import yaml
 from dermagan.errors import DermaganError
 
 
+TUNED_KEY = "tuned_params"  # params.yaml names the tuned-params file under this key
+
+
 def load_params(path: Path) -> dict[str, Any]:
-    """Load a params file, with an error that names the file when it is missing or malformed."""
+    """Load params.yaml and the tuned-params file it names (``tuned_params:``), merged.
+
+    The tuned file's blocks (e.g. ``train``) are merged into the same blocks of params.yaml; a
+    key set in both files is an error, so a tuned value is only ever in one place. The merged
+    dict gets ``tuned.keys`` (the dotted keys that came from the tuned file) and ``tuned.file``.
+    """
+    params = read_yaml(path)
+    tuned_file = params.get(TUNED_KEY)
+    if not tuned_file:
+        return params
+    tuned_path = Path(path).parent / tuned_file
+    if not tuned_path.is_file():
+        raise DermaganError(f"{path}: {TUNED_KEY} names {tuned_file}, which does not exist; run "
+                            "`dermagan tune classifier --apply` or remove the key")
+    tuned = read_yaml(tuned_path)
+    merged, keys = merge_tuned(params, {k: v for k, v in tuned.items() if k != "study"}, tuned_path, path)
+    merged["tuned"] = {"file": str(tuned_file), "keys": keys, "study": tuned.get("study", {})}
+    return merged
+
+
+def merge_tuned(params: dict, tuned: dict, tuned_path: Path, params_path: Path) -> tuple[dict, list[str]]:
+    """``params`` with every block of ``tuned`` merged in; refuses a key present in both."""
+    merged, keys = dict(params), []
+    for block, values in tuned.items():
+        if not isinstance(values, dict):
+            raise DermaganError(f"{tuned_path}: top-level '{block}' must be a mapping of tuned values")
+        target = dict(merged.get(block) or {})
+        both = sorted(set(target) & set(values))
+        if both:
+            raise DermaganError(f"{block}.{both[0]} is set in both {params_path} and {tuned_path}; a tuned key "
+                                f"lives only in the tuned file: delete it from {params_path} (all: {both})")
+        target.update(values)
+        merged[block] = target
+        keys += [f"{block}.{k}" for k in values]
+    return merged, keys
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Load one YAML mapping, with an error that names the file when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
         raise DermaganError(f"params file not found: {path}")

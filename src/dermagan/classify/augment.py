@@ -7,7 +7,7 @@ Each image gets its own random parameters, but the whole batch is transformed wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 class AugmentConfig:
     hflip: bool = True
     vflip: bool = True
+    rot90: bool = True  # dermoscopy has no canonical orientation: any multiple of 90 degrees
     rotation_degrees: float = 20.0
     crop_scale: tuple[float, float] = (0.8, 1.0)
     brightness: float = 0.1
@@ -32,6 +33,8 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     """Per-image flip, rotation and random-resized crop (zoom + shift) with reflection padding."""
     n, device = x.shape[0], x.device
     angle = _uniform(n, -1, 1, gen, device) * math.radians(cfg.rotation_degrees)
+    if cfg.rot90:
+        angle = angle + torch.randint(0, 4, (n,), generator=gen, device=device) * (math.pi / 2)
     zoom = _uniform(n, *cfg.crop_scale, gen, device).sqrt()  # side fraction kept
     shift_room = 1 - zoom
     tx, ty = (_uniform(n, -1, 1, gen, device) * shift_room for _ in range(2))
@@ -59,6 +62,17 @@ def color_jitter(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
     grey = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     x = (x - grey) * saturation + grey
     return x.clamp(0, 1)
+
+
+def scaled(cfg: AugmentConfig, strength: float) -> AugmentConfig:
+    """``cfg``'s rotation, crop and colour ranges times ``strength`` in [0, 1]; flips and rot90 kept.
+
+    Strength 0 leaves only the orientation changes (flips, 90-degree turns), which lose nothing.
+    """
+    s = float(strength)
+    low = 1 - (1 - cfg.crop_scale[0]) * s
+    return replace(cfg, rotation_degrees=cfg.rotation_degrees * s, crop_scale=(low, 1.0),
+                   brightness=cfg.brightness * s, contrast=cfg.contrast * s, saturation=cfg.saturation * s)
 
 
 def classic_augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:

@@ -6,6 +6,7 @@ A checkpoint is written after every epoch; a killed run resumes from it.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,26 +18,45 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dermagan.classify.augment import AugmentConfig, classic_augment
-from dermagan.classify.inference import predict_proba, to_float_batch
+from dermagan.classify.inference import predict_logits, predict_proba, to_float_batch
 from dermagan.data.prepared import SplitArrays
 from dermagan.errors import DermaganError
 from dermagan.evaluate.metrics import balanced_accuracy, per_class_recall
 
 
+SCHEDULES = ("cosine", "onecycle", "step", "none")
+SAMPLERS = ("shuffle", "class_balanced")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training recipe. The learning rate is scheduled per batch (see ``make_scheduler``)."""
+
     epochs: int
     batch_size: int
     lr: float
     weight_decay: float
-    lr_schedule: str  # cosine | step | none
+    lr_schedule: str  # cosine (after linear warm-up) | onecycle | step | none
     step_size: int
     gamma: float
     patience: int
     seed: int
-    class_weights: bool
+    class_weight_power: float = 0.0  # 0 = plain loss, 1 = scikit-learn's "balanced" class weights
+    sampler: str = "shuffle"  # shuffle | class_balanced (each class drawn equally often)
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0  # cosine: linear warm-up; onecycle: the rising part
     augment: AugmentConfig | None = None
     max_batches_per_epoch: int | None = None
+
+    def __post_init__(self):
+        if self.lr_schedule not in SCHEDULES:
+            raise DermaganError(f"params: train.lr_schedule must be one of {SCHEDULES}, got '{self.lr_schedule}'")
+        if self.sampler not in SAMPLERS:
+            raise DermaganError(f"params: train.sampler must be one of {SAMPLERS}, got '{self.sampler}'")
+        if not 0 <= self.class_weight_power <= 1:
+            raise DermaganError(f"params: train.class_weight_power must be in [0, 1], got {self.class_weight_power}")
+        if not 0 <= self.label_smoothing < 1:
+            raise DermaganError(f"params: train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass
@@ -47,22 +67,34 @@ class TrainResult:
     best_val_bal_acc: float = float("nan")
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """n_samples / (n_classes * count) per class, as scikit-learn's 'balanced'."""
+def balanced_class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> torch.Tensor:
+    """(n_samples / (n_classes * count)) ** power per class; power 1 is scikit-learn's 'balanced'."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    weights = (len(labels) / (num_classes * np.maximum(counts, 1))) ** power
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """The learning-rate schedule named in params (stepped once per epoch)."""
+def steps_per_epoch(n_items: int, cfg: TrainConfig) -> int:
+    steps = math.ceil(n_items / cfg.batch_size)
+    return min(steps, cfg.max_batches_per_epoch) if cfg.max_batches_per_epoch else steps
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
+    """The learning-rate schedule named in params, stepped once per batch (``steps`` per epoch)."""
+    total = max(1, cfg.epochs * steps)
+    warmup = min(total - 1, round(cfg.warmup_epochs * steps))
     if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if cfg.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total + 1,
+                                                   pct_start=max(warmup, 1) / total, anneal_strategy="cos")
     if cfg.lr_schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.lr_schedule == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise DermaganError(f"params: train.lr_schedule must be cosine, step or none, got '{cfg.lr_schedule}'")
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cfg.gamma ** (step // (cfg.step_size * steps)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 class Trainer:
@@ -72,20 +104,29 @@ class Trainer:
         self.model, self.train, self.cfg, self.device = model.to(device, memory_format=torch.channels_last), train, cfg, device
         self.num_classes = len(model.classes)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, cfg)
-        weights = balanced_class_weights(train.labels, self.num_classes) if cfg.class_weights else None
-        self.loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+        self.scheduler = make_scheduler(self.optimizer, cfg, steps_per_epoch(len(train.labels), cfg))
+        weights = balanced_class_weights(train.labels, self.num_classes, cfg.class_weight_power)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if cfg.class_weight_power else None,
+                                           label_smoothing=cfg.label_smoothing)
+        counts = np.bincount(train.labels, minlength=self.num_classes)
+        self.sample_weights = torch.from_numpy(1.0 / np.maximum(counts, 1)[train.labels])
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.images = torch.from_numpy(train.images).permute(0, 3, 1, 2)  # uint8 NCHW, shared memory
         self.labels = torch.from_numpy(train.labels)
         self.epoch, self.history = 0, []
         self.best_state, self.best_score, self.best_epoch = None, -1.0, 0
 
+    def epoch_order(self) -> torch.Tensor:
+        """Indices of one epoch: a permutation, or class-balanced draws with replacement."""
+        n = len(self.labels)
+        if self.cfg.sampler == "class_balanced":
+            return torch.multinomial(self.sample_weights, n, replacement=True, generator=self.gen)
+        return torch.randperm(n, generator=self.gen)
+
     def train_one_epoch(self) -> dict:
         """One pass over the shuffled train split; returns mean loss and accuracy."""
         self.model.train()
-        order = torch.randperm(len(self.labels), generator=self.gen)
-        batches = order.split(self.cfg.batch_size)[: self.cfg.max_batches_per_epoch]
+        batches = self.epoch_order().split(self.cfg.batch_size)[: self.cfg.max_batches_per_epoch]
         total_loss, correct, seen = 0.0, 0, 0
         for idx in tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False, mininterval=2):
             x = to_float_batch(self.images[idx]).to(self.device)
@@ -99,6 +140,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.scheduler.step()
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
@@ -166,8 +208,7 @@ def fit(
         started = time.perf_counter()
         metrics = trainer.train_one_epoch()
         metrics.update(trainer.validate(val))
-        metrics["lr"] = trainer.optimizer.param_groups[0]["lr"]
-        trainer.scheduler.step()
+        metrics["lr"] = trainer.optimizer.param_groups[0]["lr"]  # at the end of the epoch
         trainer.epoch += 1
         metrics["epoch_seconds"] = time.perf_counter() - started
         if metrics["val/bal_acc"] > trainer.best_score:
@@ -180,3 +221,21 @@ def fit(
             save_checkpoint(trainer, checkpoint, extra or {})
     trainer.model.load_state_dict(trainer.best_state)
     return TrainResult(trainer.model, trainer.history, trainer.best_epoch, trainer.best_score)
+
+
+def fit_temperature_on(model: nn.Module, val: SplitArrays, batch_size: int, device: torch.device) -> dict:
+    """Temperature scaling: fit the model's ``temperature`` on real val outputs (NLL), set it.
+
+    Returns the temperature and the val NLL before and after. Argmax, hence every recall, is
+    unchanged; only the probabilities are rescaled.
+    """
+    from dermagan.evaluate.calibration import fit_temperature
+
+    model.temperature.fill_(1.0)
+    logits = torch.from_numpy(predict_logits(model, val.images, batch_size, device)).double()
+    labels = torch.from_numpy(val.labels)
+    temperature = float(fit_temperature(logits.numpy(), val.labels))
+    model.temperature.fill_(temperature)
+    nll = {f"val_nll_{name}": float(nn.functional.cross_entropy(logits / t, labels))
+           for name, t in (("before", 1.0), ("after", temperature))}
+    return {"temperature": temperature, **nll}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +23,31 @@ def find_image(images_dir: Path, image_id: str) -> Path:
     raise DermaganError(f"{images_dir}/{image_id}.jpg: image listed in metadata is missing")
 
 
+def _too_large_message(path: Path, exc: Exception) -> str:
+    """Pillow's bomb message ("Image size (N pixels) exceeds limit of M pixels...") in our words."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else str(exc)
+    return (f"{path}: image is too large to decode ({size}; the limit is {Image.MAX_IMAGE_PIXELS:,} "
+            "pixels, Pillow's decompression-bomb guard); downscale it first")
+
+
 def open_rgb(path: Path, strict: bool = True) -> Image.Image:
     """Fully decode an image. With ``strict``, anything but 8-bit RGB is an error.
 
     Without ``strict`` (prediction on user folders) greyscale/RGBA are converted to RGB.
-    Corrupt and truncated files always raise DermaganError naming the file.
+    Corrupt and truncated files always raise DermaganError naming the file, and so do
+    images over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``; above it
+    Pillow only warns, which is turned into a refusal here rather than a slow decode).
     """
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            image = img.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                mode = img.mode
+                image = img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DermaganError(_too_large_message(path, exc)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DermaganError(f"{path}: cannot decode image ({exc})") from exc
     if mode != "RGB":

@@ -29,8 +29,12 @@ def read_metadata(path: Path, classes: tuple[str, ...] = CLASSES) -> pd.DataFram
     """
     try:
         frame = pd.read_csv(path, dtype={"lesion_id": str, "image_id": str, "dx": str})
+    except pd.errors.EmptyDataError as exc:
+        raise DermaganError(f"{path}: metadata file is empty (no header, no rows)") from exc
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DermaganError(f"{path}: cannot read metadata: {exc}") from exc
+    if frame.empty:
+        raise DermaganError(f"{path}: metadata has a header but no rows (no images listed)")
     missing = [c for c in (*REQUIRED_COLUMNS, *EDA_COLUMNS) if c not in frame.columns]
     if missing:
         raise DermaganError(
@@ -53,4 +57,19 @@ def read_metadata(path: Path, classes: tuple[str, ...] = CLASSES) -> pd.DataFram
         raise DermaganError(
             f"{path}: column 'image_id' repeats {frame.loc[duplicated, 'image_id'].head(3).tolist()}"
         )
+    frame["age"] = _numeric_age(path, frame)
     return frame.reset_index(drop=True)
+
+
+def _numeric_age(path: Path, frame: pd.DataFrame) -> pd.Series:
+    """The 'age' column as float; empty cells (missing ages) become NaN, text is an error."""
+    age = pd.to_numeric(frame["age"], errors="coerce")
+    text = frame["age"].astype("string").str.strip()
+    bad = age.isna() & frame["age"].notna() & (text != "")
+    if bad.any():
+        lines = (frame.index[bad][:5] + 2).tolist()
+        examples = [f"line {line}: image_id {image_id!r} has age {value!r}" for line, image_id, value
+                    in zip(lines, frame.loc[bad, "image_id"].head(5), frame.loc[bad, "age"].head(5))]
+        raise DermaganError(f"{path}: column 'age' is not a number on {int(bad.sum())} row(s) "
+                            f"({'; '.join(examples)}); leave it empty when unknown")
+    return age.astype(float)

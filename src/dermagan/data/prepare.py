@@ -13,10 +13,11 @@ from tqdm.auto import tqdm
 from dermagan.atomic import atomic_dir
 from dermagan.constants import SPLITS
 from dermagan.data.eda import write_eda_figures
-from dermagan.data.images import find_image, load_image_array
+from dermagan.data.images import find_image, open_rgb, resize_center_crop
 from dermagan.data.metadata import find_metadata, read_metadata
 from dermagan.data.prepared import SPLIT_TABLE, arrays_for, write_split
 from dermagan.data.splits import grouped_split
+from dermagan.errors import DermaganError
 
 TABLE_COLUMNS = ["image_id", "lesion_id", "dx", "split", "dx_type", "age", "sex", "localization"]
 
@@ -27,14 +28,30 @@ class PrepareConfig:
     val_fraction: float
     test_fraction: float
     seed: int
+    min_image_side: int = 32  # refuse raw images whose shorter side is below this (px)
 
 
-def load_images(raw_dir: Path, image_ids: list[str], size: int) -> np.ndarray:
-    """Decode and resize every listed image; the first bad file stops with its name."""
+def load_images(raw_dir: Path, image_ids: list[str], size: int, min_side: int = 1) -> np.ndarray:
+    """Decode and resize every listed image; the first bad file stops with its name.
+
+    Images whose shorter side is below ``min_side`` are all listed (name and size) in one error.
+    """
     images_dir = Path(raw_dir) / "images"
     stack = np.empty((len(image_ids), size, size, 3), dtype=np.uint8)
+    too_small = []
     for i, image_id in enumerate(tqdm(image_ids, desc="decode+resize", unit="img", mininterval=2)):
-        stack[i] = load_image_array(find_image(images_dir, image_id), size)
+        path = find_image(images_dir, image_id)
+        image = open_rgb(path)
+        if min(image.size) < min_side:
+            too_small.append(f"{path.name} ({image.size[0]}x{image.size[1]} px)")
+            continue
+        stack[i] = resize_center_crop(image, size)
+    if too_small:
+        more = f" and {len(too_small) - 10} more" if len(too_small) > 10 else ""
+        raise DermaganError(
+            f"{images_dir}: {len(too_small)} image(s) with a shorter side below prepare.min_image_side "
+            f"= {min_side} px: {', '.join(too_small[:10])}{more}"
+        )
     return stack
 
 
@@ -53,7 +70,7 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, eda_dir: Path, config: Prepare
     """Build the prepared dataset. Outputs appear only if every step succeeds."""
     metadata = read_metadata(find_metadata(Path(raw_dir)))
     metadata["split"] = grouped_split(metadata, config.val_fraction, config.test_fraction, config.seed)
-    images = load_images(Path(raw_dir), metadata["image_id"].tolist(), config.image_size)
+    images = load_images(Path(raw_dir), metadata["image_id"].tolist(), config.image_size, config.min_image_side)
     table = metadata[TABLE_COLUMNS]
     summary = split_summary(table)
     with atomic_dir(Path(out_dir)) as tmp_out, atomic_dir(Path(eda_dir)) as tmp_eda:

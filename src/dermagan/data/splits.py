@@ -39,3 +39,11 @@ def grouped_split(
     val_mask = _holdout(frame.iloc[rest], val_fraction / (1 - test_fraction), seed + 1)
     split[rest[val_mask]] = "val"
     return pd.Series(split, index=frame.index, name="split")
+
+
+def grouped_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held-out) index pairs of a StratifiedGroupKFold: no group (lesion) in two folds."""
+    if n_splits < 2:
+        raise DermaganError(f"params: K-fold needs at least 2 splits, got {n_splits}")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(folds.split(np.zeros(len(labels)), labels, groups=groups))

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from dermagan.constants import MINORITY_CLASSES  # noqa: E402
 from dermagan.serialize import json_safe  # noqa: E402
 
-SETTINGS: tuple[str, ...] = ("backbone", "pretrained", "augment", "class_weights", "extra")
+SETTINGS: tuple[str, ...] = ("backbone", "augment", "class_weight_power", "sampler", "extra")
 VERDICT_METRICS: tuple[str, ...] = ("bal_acc", *(f"recall_{c}" for c in MINORITY_CLASSES))
 VERDICT_COLUMNS: tuple[str, ...] = ("gan_arm", "metric", "best_non_gan_arm", "gan_value", "best_value",
                                     "diff", "ci_low", "ci_high", "verdict", "n_resamples")
@@ -195,11 +195,12 @@ def markdown_report(arms: pd.DataFrame, verdicts: pd.DataFrame, classes: tuple[s
 
 def arms_markdown(arms: pd.DataFrame, classes: tuple[str, ...]) -> str:
     """Arms table: balanced accuracy and recall of each class as mean ± std (min–max) over seeds."""
-    header = ["arm", "backbone", "aug", "cw", "extra", "seeds", "bal_acc", *[f"recall {c}" for c in classes]]
+    header = ["arm", "backbone", "aug", "cw power", "sampler", "extra", "seeds", "bal_acc",
+              *[f"recall {c}" for c in classes]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in arms.iterrows():
         cells = [r["arm"] + (" (GAN)" if r["gan"] else ""), str(r["backbone"]), _yes(r["augment"]),
-                 _yes(r["class_weights"]), _extra(r["extra"]), str(r["n_seeds"]), spread(r, "bal_acc", 3),
+                 _fmt(r["class_weight_power"], 2), str(r["sampler"]), _extra(r["extra"]), str(r["n_seeds"]), spread(r, "bal_acc", 3),
                  *[spread(r, f"recall_{c}", 2) for c in classes]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

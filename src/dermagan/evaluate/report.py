@@ -29,4 +29,8 @@ def flat_metrics(metrics: dict, prefix: str = "test/") -> dict[str, float]:
         for key, value in values.items():
             if value is not None and key != "support":
                 flat[f"{prefix}{key}_{name}"] = value
+    # The stage's calibration block: test/ece, test/ece_uncalibrated, test/temperature (n_bins is a setting).
+    for key, value in (metrics.get("calibration") or {}).items():
+        if isinstance(value, (int, float)) and key != "n_bins":
+            flat[f"{prefix}{key}"] = value
     return flat

@@ -27,6 +27,7 @@ from dermagan.evaluate.compare import (
 )
 from dermagan.evaluate.plots import save
 from dermagan.params import section
+from dermagan.stages.train import arm_recipe, arm_settings
 from dermagan.tracking.setup import configure, standard_tags
 
 PREDICTION_COLUMNS = ("image_id", "actual", "predicted")
@@ -98,7 +99,8 @@ def check_predictions_match_metrics(runs: pd.DataFrame, y_true: np.ndarray,
 
 def run_compare(params: dict, metrics_dir: Path, out_dir: Path, predictions_dir: Path) -> str:
     """Write comparison.md/.png, arms/runs/gan_vs_best CSVs, gan_vs_best.png and summary.json; log to MLflow."""
-    arms = section(params, "arms")
+    arms = {arm: {**arm_recipe(params, arm), "extra": arm_settings(params, arm).get("extra")}
+            for arm in section(params, "arms")}
     seeds = [int(s) for s in section(params, "train", "seeds")]
     cfg = section(params, "evaluate")
     n_boot, level, boot_seed = int(cfg["bootstrap_samples"]), float(cfg["ci_level"]), int(cfg["seed"])

@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 
 from dermagan.atomic import atomic_dir, atomic_file
-from dermagan.classify.augment import AugmentConfig
-from dermagan.classify.models import create_classifier
-from dermagan.classify.train import Trainer, TrainConfig, fit, load_checkpoint
+from dermagan.classify.recipe import build_classifier, build_recipe
+from dermagan.classify.recipe import train_config as recipe_train_config
+from dermagan.classify.train import Trainer, TrainConfig, fit, fit_temperature_on, load_checkpoint
 from dermagan.constants import CLASSES
 from dermagan.data.prepared import read_split
 from dermagan.data.trainset import parse_extra, read_extras, with_extras
@@ -24,19 +24,17 @@ from dermagan.evaluate.plots import history_figure
 from dermagan.params import section
 from dermagan.tracking.setup import configure, flatten, standard_tags
 
-ARM_KEYS = ("backbone", "pretrained", "augment", "class_weights")
-
-
 def arm_settings(params: dict, arm: str) -> dict:
-    """The arm's block of params.yaml, checked for the keys every arm needs."""
+    """The arm's block of params.yaml (``extra`` plus any recipe keys it overrides)."""
     arms = section(params, "arms")
     if arm not in arms:
         raise DermaganError(f"params: unknown arm '{arm}'; arms are {sorted(arms)}")
-    settings = arms[arm]
-    missing = [k for k in ARM_KEYS if k not in settings]
-    if missing:
-        raise DermaganError(f"params: arms.{arm} is missing {missing}")
-    return settings
+    return dict(arms[arm] or {})
+
+
+def arm_recipe(params: dict, arm: str) -> dict:
+    """The shared recipe (params.yaml `train` + tuned values) with the arm's overrides."""
+    return build_recipe(section(params, "train"), arm_settings(params, arm), where=f"arms.{arm}")
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -45,18 +43,9 @@ def run_name(arm: str, seed: int) -> str:
 
 
 def train_config(params: dict, arm: str, seed: int) -> TrainConfig:
-    """Merge the shared ``train`` block with the arm's overrides into a TrainConfig."""
-    settings, base = arm_settings(params, arm), dict(section(params, "train"))
-    base.update({k: v for k, v in settings.items() if k in base})
-    augment = AugmentConfig(**{**section(params, "augment"), "crop_scale": tuple(params["augment"]["crop_scale"])})
-    return TrainConfig(
-        epochs=int(base["epochs"]), batch_size=int(base["batch_size"]), lr=float(base["lr"]),
-        weight_decay=float(base["weight_decay"]), lr_schedule=base["lr_schedule"],
-        step_size=int(base["step_size"]), gamma=float(base["gamma"]), patience=int(base["patience"]),
-        seed=int(seed), class_weights=bool(settings["class_weights"]),
-        augment=augment if settings["augment"] else None,
-        max_batches_per_epoch=base.get("max_batches_per_epoch"),
-    )
+    """The arm's recipe as a TrainConfig."""
+    return recipe_train_config(arm_recipe(params, arm), seed, section(params, "augment"),
+                               section(params, "train").get("max_batches_per_epoch"))
 
 
 def training_set(settings: dict, prepared: Path, trainset_dir: Path | None):
@@ -77,11 +66,12 @@ def training_set(settings: dict, prepared: Path, trainset_dir: Path | None):
 def run_train(params: dict, arm: str, seed: int, prepared: Path, trainset_dir: Path | None, out_dir: Path,
               history_csv: Path, checkpoint_dir: Path) -> dict:
     """Train one arm with one seed, log it to MLflow, register the model; write model.pt + mlflow.json."""
-    settings, cfg, name = arm_settings(params, arm), train_config(params, arm, seed), run_name(arm, seed)
+    settings, recipe = arm_settings(params, arm), arm_recipe(params, arm)
+    cfg, name = train_config(params, arm, seed), run_name(arm, seed)
     image_size = int(section(params, "prepare", "image_size"))
     device = pick_device(section(params, "train", "device"))
     torch.manual_seed(cfg.seed)
-    model = create_classifier(settings["backbone"], CLASSES, image_size, settings["pretrained"])
+    model = build_classifier(recipe, CLASSES, image_size)
     (train, n_extra), val = training_set(settings, Path(prepared), trainset_dir), read_split(prepared, "val")
     trainer = Trainer(model, train, cfg, device)
     checkpoint = Path(checkpoint_dir) / name / "last.pt"
@@ -92,33 +82,38 @@ def run_train(params: dict, arm: str, seed: int, prepared: Path, trainset_dir: P
     configure(experiment)
     with mlflow.start_run(run_id=resumed.get("run_id"), run_name=None if resumed else name) as run:
         if not resumed:
-            _log_run_settings(params, arm, settings, cfg, train, val, device, n_extra)
+            _log_run_settings(params, arm, settings, recipe, cfg, train, val, device, n_extra)
         result = fit(trainer, val, checkpoint, on_epoch=lambda e, m: mlflow.log_metrics(m, step=e),
                      extra={"run_id": run.info.run_id})
         history = pd.DataFrame(result.history)
         mlflow.log_metrics({"best/val_bal_acc": result.best_val_bal_acc, "best/epoch": result.best_epoch})
+        if recipe["temperature_scaling"]:
+            calibration = fit_temperature_on(result.model, val, cfg.batch_size * 2, device)
+            mlflow.log_metrics({f"calibration/{k}": v for k, v in calibration.items()})
         mlflow.log_figure(history_figure(history, f"{arm}: training curves"), "figures/training_curves.png")
         mlflow.log_table(history, "history.json")
-        registered = _log_and_register(result.model.cpu(), params, arm, settings, image_size, result, cfg.seed)
+        registered = _log_and_register(result.model.cpu(), params, arm, settings, recipe, image_size, result, cfg.seed)
     info = {"run_id": run.info.run_id, "experiment": experiment, "arm": arm, "seed": cfg.seed, **registered,
             "best_epoch": result.best_epoch, "best_val_bal_acc": result.best_val_bal_acc}
-    _write_outputs(out_dir, history_csv, result.model, settings, image_size, info, history)
+    _write_outputs(out_dir, history_csv, result.model, recipe, image_size, info, history)
     checkpoint.unlink(missing_ok=True)
     return info
 
 
-def _log_run_settings(params, arm, settings, cfg, train, val, device, n_extra) -> None:
+def _log_run_settings(params, arm, settings, recipe, cfg, train, val, device, n_extra) -> None:
     extra = parse_extra(settings.get("extra")).label
-    mlflow.set_tags(standard_tags("train", arm=arm, seed=cfg.seed, backbone=settings["backbone"], extra=extra,
+    tuned = sorted(set(params.get("tuned", {}).get("keys", [])) - set(settings))
+    mlflow.set_tags(standard_tags("train", arm=arm, seed=cfg.seed, backbone=recipe["backbone"], extra=extra,
                                   dvc_stage=f"train@{run_name(arm, cfg.seed)}", device=str(device),
+                                  tuned_keys=",".join(tuned) or "none",
                                   data="real train" + (f" + {n_extra} extra ({extra})" if n_extra else " only")
                                   + "; real-only val"))
-    mlflow.log_params({**flatten(asdict(cfg)), **flatten(settings, "arm."),
+    mlflow.log_params({**flatten(asdict(cfg)), **flatten(recipe, "recipe."), **flatten(settings, "arm."),
                        "image_size": params["prepare"]["image_size"], "n_train": len(train), "n_extra": n_extra,
                        "n_val": len(val)})
 
 
-def _log_and_register(model, params, arm, settings, image_size, result, seed) -> dict:
+def _log_and_register(model, params, arm, settings, recipe, image_size, result, seed) -> dict:
     """Log the model with an input example and register it; tag the new version."""
     name = section(params, "mlflow", "registered_model")
     example = np.zeros((1, 3, image_size, image_size), dtype=np.float32)
@@ -127,17 +122,18 @@ def _log_and_register(model, params, arm, settings, image_size, result, seed) ->
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     tags = {"arm": arm, "seed": seed, "extra": parse_extra(settings.get("extra")).label,
-            "backbone": settings["backbone"], "augment": settings["augment"],
-            "class_weights": settings["class_weights"], "pretrained": settings["pretrained"],
+            "backbone": recipe["backbone"], "augment": recipe["augment"],
+            "class_weight_power": recipe["class_weight_power"], "sampler": recipe["sampler"],
+            "pretrained": recipe["pretrained"], "tta": recipe["tta"], "temperature": f"{float(model.temperature):.4f}",
             "image_size": image_size, "val_bal_acc": f"{result.best_val_bal_acc:.4f}", "best_epoch": result.best_epoch}
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     return {"registered_model": name, "version": version, "model_uri": f"models:/{name}/{version}"}
 
 
-def _write_outputs(out_dir, history_csv, model, settings, image_size, info, history) -> None:
+def _write_outputs(out_dir, history_csv, model, recipe, image_size, info, history) -> None:
     with atomic_dir(Path(out_dir)) as tmp, atomic_file(Path(history_csv)) as tmp_csv:
-        torch.save({"state_dict": model.state_dict(), "backbone": settings["backbone"],
+        torch.save({"state_dict": model.state_dict(), "backbone": recipe["backbone"], "tta": recipe["tta"],
                     "classes": list(CLASSES), "image_size": image_size}, tmp / "model.pt")
         (tmp / "mlflow.json").write_text(json.dumps(info, indent=2))
         history.rename(columns=lambda c: c.replace("/", "_")).to_csv(tmp_csv, index=False)

@@ -1,34 +1,82 @@
-"""Register classifiers and move the ``champion`` alias only when the test metric improves."""
+"""Move the ``champion`` alias: candidate chosen on validation, gated against the champion on test.
+
+The default candidate is the evaluated version with the highest real-only validation balanced
+accuracy (the ``val_bal_acc`` tag set at training), so the test split is never used to pick it.
+The candidate then has to be not worse than the current champion on the test split: a paired
+bootstrap over test images (the compare stage's functions) of the balanced-accuracy difference
+(candidate − champion), using the per-image predictions the evaluate stage logged to each
+version's run as ``test/predictions.json``. Promotion is refused only when the whole CI is below 0.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+import mlflow
+import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from dermagan.constants import CLASSES
 from dermagan.errors import DermaganError
+from dermagan.evaluate.compare import WORSE, bootstrap_indices, bootstrap_recalls, metric_values, verdict
 
 CHAMPION = "champion"
-SELECTION_TAG = "test_bal_acc"
+SELECTION_TAG = "val_bal_acc"
+TEST_TAG = "test_bal_acc"
+PREDICTIONS_ARTIFACT = "test/predictions.json"
+PREDICTION_COLUMNS = ("image_id", "actual", "predicted")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Paired bootstrap of test balanced accuracy, candidate − champion, over the shared test images."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+    level: float
+    verdict: str
+    n_images: int
+    n_resamples: int
 
 
 @dataclass(frozen=True)
 class PromotionDecision:
     promoted: bool
     version: str
-    score: float
+    score: float  # candidate's test balanced accuracy (tag)
     previous_version: str | None
-    previous_score: float | None
+    previous_score: float | None  # champion's test balanced accuracy (tag)
     message: str
+    val_score: float | None = None  # candidate's validation balanced accuracy: what chose it
+    diff: float | None = None  # test bal_acc, candidate − champion, on the joined test images
+    ci_low: float | None = None
+    ci_high: float | None = None
+    level: float | None = None
+    forced: bool = False
+
+
+def _tag(client: MlflowClient, name: str, version: str, tag: str) -> float | None:
+    value = client.get_model_version(name, version).tags.get(tag)
+    return None if value is None else float(value)
 
 
 def version_score(client: MlflowClient, name: str, version: str) -> float:
-    """The real-only test balanced accuracy recorded on a model version's tags."""
-    mv = client.get_model_version(name, version)
-    if SELECTION_TAG not in mv.tags:
-        raise DermaganError(f"{name} v{version} has no '{SELECTION_TAG}' tag; run `dermagan evaluate` for it first")
-    return float(mv.tags[SELECTION_TAG])
+    """The real-only test balanced accuracy recorded on a model version's tags (evaluated versions only)."""
+    score = _tag(client, name, version, TEST_TAG)
+    if score is None:
+        raise DermaganError(f"{name} v{version} has no '{TEST_TAG}' tag; run `dermagan evaluate` for it first")
+    return score
+
+
+def validation_score(client: MlflowClient, name: str, version: str) -> float | None:
+    """The real-only validation balanced accuracy tagged at training, or None if the tag is missing."""
+    return _tag(client, name, version, SELECTION_TAG)
 
 
 def current_champion(client: MlflowClient, name: str) -> str | None:
@@ -40,30 +88,117 @@ def current_champion(client: MlflowClient, name: str) -> str | None:
 
 
 def best_version(client: MlflowClient, name: str) -> str:
-    """The evaluated version with the highest test balanced accuracy (newest wins ties)."""
-    versions = [v for v in client.search_model_versions(f"name='{name}'") if SELECTION_TAG in v.tags]
+    """The evaluated version (has ``test_bal_acc``) with the highest ``val_bal_acc``; newest wins ties.
+
+    Test scores play no part in the choice. Versions without a ``val_bal_acc`` tag are not candidates.
+    """
+    versions = [v for v in client.search_model_versions(f"name='{name}'")
+                if TEST_TAG in v.tags and SELECTION_TAG in v.tags]
     if not versions:
-        raise DermaganError(f"no evaluated versions of '{name}' in the registry; run `dvc repro` first")
+        raise DermaganError(f"no evaluated versions of '{name}' with a '{SELECTION_TAG}' tag in the registry; "
+                            "run `dvc repro` first")
     return str(max(versions, key=lambda v: (float(v.tags[SELECTION_TAG]), int(v.version))).version)
 
 
-def promote(client: MlflowClient, name: str, version: str | None, force: bool = False) -> PromotionDecision:
-    """Give ``version`` (default: the best evaluated) the champion alias if it beats the holder."""
+def load_test_predictions(client: MlflowClient, name: str, version: str) -> pd.DataFrame:
+    """Per-image test predictions (image_id, actual, predicted) the evaluate stage logged to the version's run."""
+    run_id = client.get_model_version(name, version).run_id
+    missing = (f"{name} v{version} has no '{PREDICTIONS_ARTIFACT}' artifact on its run {run_id}; "
+               f"run `dermagan evaluate` for it first")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PREDICTIONS_ARTIFACT, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise DermaganError(missing) from exc
+        document = json.loads(Path(path).read_text())
+    table = pd.DataFrame(document.get("data", []), columns=document.get("columns"))
+    if not set(PREDICTION_COLUMNS) <= set(table.columns):
+        raise DermaganError(f"{name} v{version}: '{PREDICTIONS_ARTIFACT}' lacks columns "
+                            f"{sorted(set(PREDICTION_COLUMNS) - set(table.columns))}; re-run `dermagan evaluate` for it")
+    if table["image_id"].duplicated().any():
+        raise DermaganError(f"{name} v{version}: '{PREDICTIONS_ARTIFACT}' lists some test images twice")
+    return table[list(PREDICTION_COLUMNS)].astype(str)
+
+
+def paired_gate(candidate: pd.DataFrame, champion: pd.DataFrame, n_boot: int, level: float, seed: int,
+                labels: tuple[str, str] = ("candidate", "champion")) -> GateResult:
+    """Paired bootstrap CI of test balanced accuracy, candidate − champion, joined on image_id.
+
+    Raises DermaganError when the two were evaluated on different test images (or labels). The resamples
+    are drawn over the images sorted by image_id, so the result does not depend on the row order.
+    """
+    ids_a, ids_b = set(candidate["image_id"]), set(champion["image_id"])
+    if ids_a != ids_b:
+        raise DermaganError(
+            f"{labels[0]} and {labels[1]} were evaluated on different test sets ({len(ids_a)} vs {len(ids_b)} "
+            f"images, {len(ids_a & ids_b)} shared); re-run `dermagan evaluate` for both on the same prepared "
+            "split (or use --force)")
+    joined = candidate.merge(champion, on="image_id", suffixes=("_a", "_b")).sort_values("image_id", kind="stable")
+    if (joined["actual_a"] != joined["actual_b"]).any():
+        raise DermaganError(f"{labels[0]} and {labels[1]} disagree on the true class of some test images; "
+                            "re-run `dermagan evaluate` for both on the same prepared split (or use --force)")
+    seen = set(joined["actual_a"]) | set(joined["predicted_a"]) | set(joined["predicted_b"])
+    classes = tuple(CLASSES) + tuple(sorted(seen - set(CLASSES)))
+    index = {c: i for i, c in enumerate(classes)}
+    y_true = joined["actual_a"].map(index).to_numpy()
+    pred_a, pred_b = joined["predicted_a"].map(index).to_numpy(), joined["predicted_b"].map(index).to_numpy()
+    full = np.arange(len(joined))[None, :]
+    resamples = bootstrap_indices(len(joined), n_boot, seed)
+
+    def bal_acc(pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return metric_values(bootstrap_recalls(y_true, pred, idx, len(classes)), classes, ("bal_acc",))[:, 0]
+
+    diff = float(bal_acc(pred_a, full)[0] - bal_acc(pred_b, full)[0])
+    diffs = bal_acc(pred_a, resamples) - bal_acc(pred_b, resamples)
+    valid = diffs[~np.isnan(diffs)]
+    tail = (1 - level) / 2 * 100
+    low, high = (float(v) for v in np.percentile(valid, [tail, 100 - tail])) if valid.size else (np.nan, np.nan)
+    return GateResult(diff, low, high, level, verdict(low, high), len(joined), int(valid.size))
+
+
+def promote(client: MlflowClient, name: str, version: str | None = None, force: bool = False, *,
+            n_boot: int, level: float, seed: int) -> PromotionDecision:
+    """Give ``version`` (default: the best by validation) the champion alias unless it is worse on test.
+
+    Worse means the whole ``level`` paired-bootstrap CI (``n_boot`` resamples, ``seed``) of the test
+    balanced-accuracy difference (candidate − champion) is below 0. With no champion the candidate is
+    promoted; ``force`` skips the gate (and the need for predictions). Tags the promoted version with
+    ``promoted_over`` and ``promotion_gate``.
+    """
+    chosen = version is None
     version = str(version or best_version(client, name))
     score = version_score(client, name, version)
+    val_score = validation_score(client, name, version)
+    val_text = "n/a" if val_score is None else f"{val_score:.3f}"
+    why = f"candidate chosen by val bal_acc {val_text}" if chosen else f"candidate requested (val bal_acc {val_text})"
     previous = current_champion(client, name)
-    previous_score = version_score(client, name, previous) if previous else None
+    previous_score = _tag(client, name, previous, TEST_TAG) if previous else None
+
+    def decision(promoted: bool, message: str, gate: GateResult | None = None) -> PromotionDecision:
+        return PromotionDecision(promoted, version, score, previous, previous_score, message, val_score,
+                                 gate.diff if gate else None, gate.ci_low if gate else None,
+                                 gate.ci_high if gate else None, gate.level if gate else None, force)
+
     if previous == version:
-        return PromotionDecision(False, version, score, previous, previous_score,
-                                 f"v{version} is already {CHAMPION} (test bal_acc {score:.4f})")
-    better = previous_score is None or score > previous_score
-    if not better and not force:
-        return PromotionDecision(False, version, score, previous, previous_score,
-                                 f"refused: v{version} test bal_acc {score:.4f} is not higher than "
-                                 f"{CHAMPION} v{previous} {previous_score:.4f} (use --force to override)")
+        return decision(False, f"v{version} is already {CHAMPION} ({why}; test bal_acc {score:.4f})")
+    gate = None
+    if previous is None:
+        gate_tag, message = "no champion", f"promoted v{version} (there was no {CHAMPION}); {why}"
+    elif force:
+        gate_tag = f"skipped (--force) vs v{previous}"
+        message = f"promoted v{version} over v{previous} with --force: the test-set gate was skipped; {why}"
+    else:
+        gate = paired_gate(load_test_predictions(client, name, version), load_test_predictions(client, name, previous),
+                           n_boot, level, seed, labels=(f"v{version}", f"v{previous}"))
+        interval = f"{gate.diff:+.3f} [{level:.0%} CI {gate.ci_low:+.3f}, {gate.ci_high:+.3f}]"
+        if gate.verdict == WORSE:
+            return decision(False, f"refused: v{version} is worse than {CHAMPION} v{previous} beyond the CI: "
+                                   f"test bal_acc diff {interval} over {gate.n_images} test images; {why}; "
+                                   f"{CHAMPION} unchanged (use --force to override)", gate)
+        gate_tag = f"diff {gate.diff:+.3f} [{gate.ci_low:+.3f}, {gate.ci_high:+.3f}] vs v{previous}"
+        message = (f"promoted v{version} over v{previous}: test bal_acc diff {interval} "
+                   f"(not worse beyond the CI); {why}")
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "promoted_over", previous or "none")
-    note = "" if better else " (--force: skipped the must-beat-the-champion check)"
-    prev_text = f"v{previous} {previous_score:.4f}" if previous else "none"
-    return PromotionDecision(True, version, score, previous, previous_score,
-                             f"promoted v{version} (test bal_acc {score:.4f}) over {prev_text}{note}")
+    client.set_model_version_tag(name, version, "promotion_gate", gate_tag)
+    return decision(True, message, gate)
