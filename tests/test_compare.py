@@ -215,3 +215,26 @@ def test_one_seed_and_no_gan_arm(tracking, tmp_path, compare_inputs):
     assert summary["arms"]["effnet"]["bal_acc_std"] is None
     assert summary["gan_vs_best"] == {}
     assert "no GAN arms" in markdown
+
+
+def test_comparator_is_chosen_on_validation_not_test(tracking, tmp_path, compare_inputs):
+    """A second non-GAN arm better on test but worse on val must not become the GAN arms' comparator."""
+    params, metrics_dir, predictions_dir = compare_inputs
+    y_true = _labels(10)
+    for seed in (0, 1):  # effnet_other: much better on test than effnet
+        _write_run(metrics_dir, predictions_dir, "effnet_other", seed, _predict(y_true, {}, seed))
+    params = {**params, "arms": {**ARM_PARAMS, "effnet_other": {"extra": None}}}
+    histories = tmp_path / "train"
+    histories.mkdir()
+    val = {"effnet": [0.5, 0.7, 0.6], "effnet_other": [0.4, 0.5, 0.45], "effnet_dcgan": [0.9, 0.9, 0.9]}
+    for arm, values in val.items():
+        for seed in (0, 1):
+            pd.DataFrame({"epoch": [1, 2, 3], "val_bal_acc": values}).to_csv(histories / f"{arm}-s{seed}.csv", index=False)
+    markdown = run_compare(params, metrics_dir, tmp_path / "out", predictions_dir, histories)
+    verdicts = pd.read_csv(tmp_path / "out" / "gan_vs_best.csv")
+    assert set(verdicts["best_non_gan_arm"]) == {"effnet"}
+    assert "chosen on validation, not on test" in markdown and "effnet 0.700" in markdown
+    # the old rule (no histories) picks effnet_other, the arm that is best on test
+    markdown = run_compare(params, metrics_dir, tmp_path / "out2", predictions_dir)
+    assert "effnet_other" in set(pd.read_csv(tmp_path / "out2" / "gan_vs_best.csv")["best_non_gan_arm"])
+    assert "on the test split (no training histories given)" in markdown

@@ -56,7 +56,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from dermagan.atomic import atomic_file
 
-    print(run_compare(load_params(args.params), args.metrics_dir, args.out, args.predictions_dir))
+    print(run_compare(load_params(args.params), args.metrics_dir, args.out, args.predictions_dir, args.history_dir))
     if args.summary:  # a DVC metrics file may not live inside the report folder (a stage output)
         with atomic_file(args.summary) as tmp:
             tmp.write_bytes((args.out / "summary.json").read_bytes())
@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
     p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
     p.add_argument("--predictions-dir", type=Path, default=Path("reports/predictions"))
+    p.add_argument("--history-dir", type=Path, default=Path("reports/train"),
+                   help="per-epoch training histories; the GAN arms' comparator is the non-GAN arm with the best "
+                        "real-val balanced accuracy in them (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("reports/compare"))
     p.add_argument("--summary", type=Path, help="also write the summary (means, spreads, verdicts) here, "
                    "e.g. a DVC metrics file")
