@@ -148,6 +148,9 @@ def run_compare(params: dict, metrics_dir: Path, out_dir: Path, predictions_dir:
     markdown = markdown_report(per_arm, verdicts, CLASSES, seeds, len(y_true), n_boot, level)
     markdown = markdown.replace("## GAN arms vs the best non-GAN arm\n\n",
                                 f"## GAN arms vs the best non-GAN arm\n\nComparator: {rule}.\n\n", 1)
+    if judged is not predictions:
+        markdown = markdown.replace("The best non-GAN arm is picked on this same test set",
+                                    "The comparator was picked on validation, not on this test set")
     document = summary(per_arm, verdicts)
     with atomic_dir(Path(out_dir)) as tmp:
         (tmp / "comparison.md").write_text(markdown)
