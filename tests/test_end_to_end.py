@@ -24,7 +24,7 @@ from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 PER_CLASS = 14
-ARMS = ("cnn", "effnet", "cnn_ros", "cnn_dcgan")
+ARMS = ("cnn", "effnet", "cnn_ros", "cnn_dcgan", "cnn_stgan")
 BIN = Path(sys.executable).parent
 
 
@@ -44,11 +44,21 @@ def shrunk_params() -> tuple[dict, dict]:
     # cnn arms override recipe keys; effnet is the real arm: the tuned recipe on real images
     cnn = {"backbone": "simple_cnn", "pretrained": None, "augment": False, "class_weight_power": 0.0}
     params["arms"] = {"cnn": {**cnn, "extra": None}, "effnet": params["arms"]["effnet"],
-                      "cnn_ros": {**cnn, "extra": "oversample"}, "cnn_dcgan": {**cnn, "extra": "dcgan/dedup"}}
-    params["gan"].update(methods=["dcgan"], classes=["df", "vasc"], amount={"mode": "count", "value": 4},
-                         ngf=8, ndf=8, batch_size=8, total_images=48, ema_half_life_images=16,
-                         snapshot_every_images=24, checkpoint_every_images=24, grid_size=4)
-    params["fidelity"].update(feature_size=32, grid_images=3)
+                      "cnn_ros": {**cnn, "extra": "oversample"}, "cnn_dcgan": {**cnn, "extra": "dcgan/dedup"},
+                      "cnn_stgan": {**cnn, "extra": "stgan/dedup"}}
+    params["gan"].update(methods=["dcgan", "stgan"], dcgan_methods=["dcgan"], classes=["df", "vasc"],
+                         amount={"mode": "count", "value": 4}, ngf=8, ndf=8, batch_size=8, total_images=48,
+                         ema_half_life_images=16, snapshot_every_images=24, checkpoint_every_images=24, grid_size=4)
+    stgan = params["gan"]["stgan"]  # two-stage STGAN: stage 1 on all train images, stage 2 per class
+    stgan["net"].update(ngf=8, ndf=8, latent_dim=16, batch_size=8, grid_size=4)
+    stgan["stage1"].update(total_images=32, ema_half_life_images=16, snapshot_every_images=16,
+                           checkpoint_every_images=16)
+    stgan["stage2"].update(ema_half_life_images=8, snapshot_every_images=8, checkpoint_every_images=8)
+    stgan["per_class"] = {"df": {"total_images": 16}, "vasc": {"total_images": 16}}
+    params["fidelity"].update(feature_size=32, grid_images=3, nearest_examples=2)
+    params["fidelity"]["domain_encoder"].update(epochs=1, batch_size=16)
+    params["fidelity"]["cas"].update(epochs=1, seeds=[0])
+    params["fidelity"]["two_sample"].update(bootstrap_samples=50)
     params["evaluate"]["bootstrap_samples"] = 200
     return params, tuned
 
@@ -127,10 +137,36 @@ def test_gan_arm_trains_on_real_plus_deduplicated_synthetic(project):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
     generators = client.search_model_versions("name='dermagan-generator'")
-    assert {v.tags["gan_classes"] for v in generators} == {"df", "vasc"}
+    assert {v.tags["gan_classes"] for v in generators if v.tags["method"] == "dcgan"} == {"df", "vasc"}
     run = client.get_run(json.loads((root / "artifacts" / "models" / "cnn_dcgan-s0" / "mlflow.json").read_text())
                          ["run_id"])
     assert run.data.params["n_extra"] == "8" and run.data.tags["extra"] == "dcgan/dedup"
+
+
+def test_two_stage_stgan_run_and_domain_fidelity(project):
+    root, env, _ = project
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    stgan = [v for v in client.search_model_versions("name='dermagan-generator'") if v.tags["method"] == "stgan"]
+    stage1 = [v for v in stgan if v.tags["stgan_stage"] == "1"]
+    stage2 = {v.tags["gan_classes"]: v for v in stgan if v.tags["stgan_stage"] == "2"}
+    assert len(stage1) == 1 and sorted(stage2) == ["df", "vasc"]
+    assert all(v.tags["stage1_version"] == stage1[0].version for v in stage2.values())
+    fidelity = json.loads((root / "metrics" / "fidelity" / "stgan.json").read_text())
+    for dx in ("df", "vasc"):
+        metrics = fidelity["classes"][dx]
+        assert {"fd_domain", "kid_domain", "knn_precision_domain", "knn_recall_domain"} <= set(
+            metrics["domain_dedup"])
+        assert "fd_domain" in metrics["domain_real_val_reference"]  # the real-val-vs-train yardstick
+        assert 0 <= metrics["two_sample"]["auc"] <= 1
+        assert "ratio_median" in metrics["memorisation_domain"]
+    assert 0 <= fidelity["cas"]["cas_synthetic"] <= 1 and 0 <= fidelity["cas"]["cas_real"] <= 1
+    assert fidelity["domain_space"].startswith("domain-cnn")
+    for figure in ("real_vs_synthetic.png", "nearest_train_examples.png"):
+        assert (root / "reports" / "fidelity" / "stgan" / figure).stat().st_size > 0
+    run_metrics = client.get_run(stage2["df"].run_id).data.metrics
+    assert "fidelity/fd_domain" in run_metrics and "cas/cas_synthetic" in run_metrics
+    assert json.loads((root / "metrics" / "domain_encoder.json").read_text())["trained_on"] == "real train split"
 
 
 def test_models_registered_with_tags_and_promoted(project):
@@ -175,6 +211,10 @@ def test_second_repro_does_nothing_and_one_arm_change_reruns_only_it(project):
     status = run(["dvc", "status"], root, env).stdout
     assert "train@cnn-0" in status and "train@effnet-0" not in status and "evaluate@effnet-0" not in status
     assert "train_gan@dcgan" not in status and "train@cnn_dcgan-0" not in status
+    params["gan"]["stgan"]["per_class"]["df"]["total_images"] = 24  # one class's stage 2 only
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status"], root, env).stdout
+    assert "train_stgan@df" in status and "train_stgan@vasc" not in status and "train_stgan_base" not in status
 
 
 def _has_champion(env: dict) -> bool:

@@ -32,7 +32,20 @@ def one_torch_thread():
 
 def tiny_params() -> dict:
     return {"gan": {"classes": AUGMENTED, "experiment": "gan-test"}, "train": {"device": "cpu"},
-            "fidelity": {"feature_size": 32, "knn_k": 3, "seed": 0, "grid_images": 4}}
+            "fidelity": {"feature_size": 32, "knn_k": 3, "seed": 0, "grid_images": 4, "nearest_examples": 2,
+                         "cas": {"epochs": 1, "batch_size": 8, "lr": 0.002, "seeds": [0]},
+                         "two_sample": {"folds": 3, "bootstrap_samples": 20}}}
+
+
+def make_encoder(prepared: Path, out: Path) -> Path:
+    """A one-epoch domain encoder on the tiny train split (what the domain_encoder stage writes)."""
+    from dermagan.data.prepared import read_split
+    from dermagan.fidelity import save_encoder, train_domain_encoder
+
+    train = read_split(prepared, "train")
+    model, _ = train_domain_encoder(train.images, train.labels, len(CLASSES), epochs=1, batch_size=8, progress=False)
+    save_encoder(model, out / "encoder.pt")
+    return out
 
 
 def make_prepared(root: Path, per_class: int = 5) -> Path:
@@ -94,8 +107,10 @@ def run_stage(tmp_path: Path, method: str, known_runs: bool = True, kept: int = 
     (tmp_path / "dedup_report").mkdir()
     decisions.to_csv(tmp_path / "dedup_report" / "decisions.csv", index=False)
     index = make_gan_dir(tmp_path / "gan", method, known_runs)
+    encoder = make_encoder(prepared, tmp_path / "encoder")
     document = run_fidelity(tiny_params(), method, prepared, tmp_path / "synthetic", tmp_path / "dedup_report",
-                            tmp_path / "gan", tmp_path / "metrics" / "fidelity.json", tmp_path / "plots")
+                            tmp_path / "gan", tmp_path / "metrics" / "fidelity.json", tmp_path / "plots",
+                            domain_encoder=encoder)
     return document, index
 
 
@@ -113,8 +128,16 @@ def test_fidelity_stage_writes_metrics_figures_and_logs(tmp_path, tracking, meth
     assert all(np.isfinite(df[s]["fid_effnetlite0"]) for s in ("dedup", "generated", "real_val_reference"))
     assert df["n_kept"] == 4 and df["n_removed_by_reason"] == {"near_duplicate_synthetic": 1, "memorised_train": 1}
     assert df["nearest_train_phash_min"] <= df["nearest_train_phash_p5"] <= df["nearest_train_phash_median"]
-    for name in ("real_vs_synthetic.png", "nearest_train_distance.png"):
+    for name in ("real_vs_synthetic.png", "nearest_train_distance.png", "nearest_train_examples.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0
+    # the domain space: FD/KID/k-NN of the kept set and the real-val yardstick, two-sample AUC, memorisation
+    assert saved["domain_space"].startswith("domain-cnn")
+    assert np.isfinite(df["domain_dedup"]["fd_domain"]) and np.isfinite(df["domain_real_val_reference"]["fd_domain"])
+    assert 0 <= df["two_sample"]["auc"] <= 1 and df["two_sample"]["n_real"] == 5
+    assert df["memorisation_domain"]["n_synthetic"] == 4 and df["memorisation_domain"]["n_val"] == 5
+    assert 0 <= saved["cas"]["cas_synthetic"] <= 1 and saved["cas"]["n_per_class"] == {"df": 4, "vasc": 4}
+    domain = pd.read_csv(tmp_path / "plots" / "fidelity_domain.csv")
+    assert list(domain["class"]) == AUGMENTED and "fd_domain_yardstick" in domain
     table = pd.read_csv(tmp_path / "plots" / "fidelity.csv")
     assert len(table) == 2 * 3 and set(table["set"]) == {"dedup", "generated", "real_val_reference"}
 
@@ -125,8 +148,11 @@ def test_fidelity_stage_writes_metrics_figures_and_logs(tmp_path, tracking, meth
     for key in ("fidelity/", "fidelity_generated/", "fidelity_reference/"):
         assert f"{key}{infix}fid_effnetlite0" in metrics
     assert metrics[f"fidelity/{infix}n_kept"] == 4
+    assert f"fidelity/{infix}fd_domain" in metrics and f"fidelity_reference/{infix}fd_domain" in metrics
+    assert f"two_sample/{infix}auc" in metrics and "cas/cas_synthetic" in metrics
     assert sorted(a.path for a in client.list_artifacts(run_id, "fidelity")) == [
-        "fidelity/nearest_train_distance.png", "fidelity/real_vs_synthetic.png"]
+        "fidelity/nearest_train_distance.png", "fidelity/nearest_train_examples.png",
+        "fidelity/real_vs_synthetic.png"]
 
 
 def test_fidelity_stage_survives_unknown_run_and_a_tiny_kept_set(tmp_path, tracking, capsys):
@@ -138,6 +164,20 @@ def test_fidelity_stage_survives_unknown_run_and_a_tiny_kept_set(tmp_path, track
     assert dedup["n_fake"] == 1 and dedup["fid_effnetlite0"] is None and "at least 2" in dedup["skipped_reason"]
     assert saved["classes"]["vasc"]["generated"]["fid_effnetlite0"] is not None
     assert (tmp_path / "plots" / "real_vs_synthetic.png").is_file()
+    assert "skipped_reason" in saved["classes"]["vasc"]["two_sample"]  # 1 kept image: no two-sample test
+
+
+def test_fidelity_stage_names_a_missing_domain_encoder(tmp_path, tracking):
+    prepared = make_prepared(tmp_path / "prepared")
+    decisions = make_synthetic(tmp_path / "synthetic", "dcgan")
+    (tmp_path / "dedup_report").mkdir()
+    decisions.to_csv(tmp_path / "dedup_report" / "decisions.csv", index=False)
+    make_gan_dir(tmp_path / "gan", "dcgan", True)
+    with pytest.raises(Exception, match="domain encoder not found: .*encoder.pt"):
+        run_fidelity(tiny_params(), "dcgan", prepared, tmp_path / "synthetic", tmp_path / "dedup_report",
+                     tmp_path / "gan", tmp_path / "metrics" / "f.json", tmp_path / "plots",
+                     domain_encoder=tmp_path / "nowhere")
+    assert not (tmp_path / "metrics" / "f.json").exists() and not (tmp_path / "plots").exists()
 
 
 def test_safe_fidelity_metrics_on_tiny_sets():

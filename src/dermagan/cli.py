@@ -73,7 +73,7 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     from dermagan.stages.fidelity import run_fidelity
 
     run_fidelity(load_params(args.params), args.method, args.prepared, args.synthetic_root, args.dedup_report,
-                 args.gan_dir, args.metrics, args.plots)
+                 args.gan_dir, args.metrics, args.plots, domain_encoder=args.domain_encoder)
 
 
 def cmd_train_gan(args: argparse.Namespace) -> None:
@@ -83,6 +83,28 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
     for name, info in results.items():
         print(f"{args.method} {name}: {info['images_seen']} images seen in {info['wall_seconds']:.0f} s; "
               f"registered dermagan-generator v{info['version']}")
+
+
+def cmd_train_stgan(args: argparse.Namespace) -> None:
+    from dermagan.stages.train_stgan import run_stgan_base, run_stgan_class
+
+    params = load_params(args.params)
+    if args.stage == 1:
+        info = run_stgan_base(params, args.prepared, args.out, args.checkpoints)
+    elif not args.dx:
+        raise DermaganError("train-stgan --stage 2 needs --class (one of params gan.classes)")
+    else:
+        info = run_stgan_class(params, args.dx, args.prepared, args.base, args.out, args.checkpoints)
+    print(f"stgan stage {args.stage} {args.dx or 'all classes'}: {info['images_seen']} images seen in "
+          f"{info['wall_seconds']:.0f} s; registered dermagan-generator v{info['version']}")
+
+
+def cmd_domain_encoder(args: argparse.Namespace) -> None:
+    from dermagan.stages.domain_encoder import run_domain_encoder
+
+    info = run_domain_encoder(load_params(args.params), args.prepared, args.out)
+    print(f"domain encoder: val balanced accuracy {info['val_bal_acc']:.3f} after {info['epochs']} epochs "
+          f"({info['wall_seconds']:.0f} s)")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -188,6 +210,26 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(result, indent=2))
 
 
+def cmd_bench_gan(args: argparse.Namespace) -> None:
+    import torch
+
+    from dermagan.stages.bench_gan import run_bench_gan
+
+    result = run_bench_gan(load_params(args.params), args.prepared, stage=args.stage, dx=args.dx,
+                           discriminator=args.discriminator, feature_size=args.feature_size, steps=args.steps,
+                           train_images=args.train_images, eval_every=args.eval_every, n_samples=args.samples,
+                           domain_encoder=args.domain_encoder, out=args.out)
+    t = result["throughput"]
+    print(f"stgan stage {args.stage} ({result['discriminator']} D, batch {t['batch_size']}, "
+          f"{torch.get_num_threads()} threads): D step {t['d_step_images_per_s']:.1f} img/s, G step "
+          f"{t['g_step_images_per_s']:.1f} img/s, whole step {t['step_images_per_s']:.1f} img/s; raw fwd+bwd "
+          f"{t['raw_step_images_per_s']:.1f} img/s; ratio {t['ratio']:.2f}")
+    for point in result.get("curve", []):
+        print(f"  {point['images_seen']:6d} images ({point['train_seconds'] / 60:5.1f} min): "
+              f"domain FD {point['fd_domain']:.2f} (yardstick {result['yardstick']['fd_domain']:.2f}), "
+              f"k-NN recall {point['knn_recall_domain']:.2f}, precision {point['knn_precision_domain']:.2f}")
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     from dermagan.tracking.setup import tracking_uri
 
@@ -264,8 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the EMA generators")
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
 
+    p = add("train-stgan", cmd_train_stgan,
+            "STGAN self-transfer: stage 1 (--stage 1) trains a FastGAN on every real train image; stage 2 "
+            "(--stage 2 --class DX) fine-tunes it on one class with Freeze-D and Barlow Twins.")
+    p.add_argument("--stage", type=int, required=True, choices=[1, 2])
+    p.add_argument("--class", dest="dx", help="stage 2: the augmented class (one of params gan.classes)")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--base", type=Path, default=Path("artifacts/gan/stgan/base"),
+                   help="stage 1's output folder (stage 2 reads it; default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (stage 1: the base; stage 2: one class)")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
+
+    p = add("domain-encoder", cmd_domain_encoder,
+            "Train the domain feature encoder (a from-scratch CNN on the real train split only) that fidelity "
+            "measures generators in; no discriminator ever sees it.")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--out", type=Path, default=Path("artifacts/domain_encoder"))
+
     p = add("generate", cmd_generate, "Sample synthetic PNGs and a manifest from trained generators.")
-    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan"])
+    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan", "stgan"])
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--gan-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -278,8 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("fidelity", cmd_fidelity, "FID/KID (EfficientNet-Lite0 features), k-NN precision/recall and "
             "real-vs-synthetic figures per class.")
-    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan"])
+    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan", "stgan"])
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--domain-encoder", type=Path, default=Path("artifacts/domain_encoder"),
+                   help="folder written by `dermagan domain-encoder` (default: %(default)s)")
     p.add_argument("--synthetic-root", type=Path, help="default: artifacts/synthetic/METHOD")
     p.add_argument("--dedup-report", type=Path, help="default: reports/dedup/METHOD")
     p.add_argument("--gan-dir", type=Path, help="default: artifacts/gan/METHOD")
@@ -330,6 +391,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps (default: %(default)s)")
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
+
+    p = add("bench-gan", cmd_bench_gan,
+            "STGAN throughput (images/s of D, G and whole steps against raw forward+backward of the same "
+            "networks) and, with --train-images, domain-space fidelity against images seen.")
+    p.add_argument("--stage", type=int, choices=[1, 2], default=1,
+                   help="1: all train images, stage-1 settings; 2: one class (--class), stage-2 settings "
+                        "(timed on a fresh network: the speed does not depend on the weights)")
+    p.add_argument("--class", dest="dx", help="stage 2: the class (default: the first of gan.classes)")
+    p.add_argument("--discriminator", help="override gan.stgan.net.discriminator (projected | fastgan)")
+    p.add_argument("--feature-size", type=int, help="override gan.stgan.net.feature_size (projected D)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps (default: %(default)s)")
+    p.add_argument("--train-images", type=int, default=0,
+                   help="then train a fresh network this long, scoring it every --eval-every images")
+    p.add_argument("--eval-every", type=int, default=4000)
+    p.add_argument("--samples", type=int, default=1000, help="generated images per curve point")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--domain-encoder", type=Path, default=Path("artifacts/domain_encoder"))
+    p.add_argument("--out", type=Path, help="write the figures (JSON) here")
 
     p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.")
     p.add_argument("--host", default="127.0.0.1")

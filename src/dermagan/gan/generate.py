@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import torch
 from PIL import Image
 
 from dermagan.errors import DermaganError
-from dermagan.gan.models import Generator
+from dermagan.gan.factory import create_generator
+
+INDEX = "generators.json"
 
 
 def synthetic_counts(real_counts: dict[str, int], classes: list[str], mode: str, value: float) -> dict[str, int]:
@@ -30,25 +33,49 @@ def synthetic_counts(real_counts: dict[str, int], classes: list[str], mode: str,
     raise DermaganError(f"params: gan.amount.mode must be 'count' or 'share', got '{mode}'")
 
 
-def load_generator(path: Path) -> tuple[Generator, dict]:
-    """Rebuild the EMA generator written by the train_gan stage."""
+def read_generator_index(gan_dir: Path) -> dict[str, dict]:
+    """Generator name -> index entry (run, registered version, classes, ``path`` of its weights).
+
+    A method's generators are listed in ``gan_dir/generators.json`` (DCGAN) or in one
+    ``generators.json`` per sub-folder (STGAN stage 2 writes one folder per class).
+    """
+    gan_dir = Path(gan_dir)
+    files = [gan_dir / INDEX] if (gan_dir / INDEX).exists() else sorted(gan_dir.glob(f"*/{INDEX}"))
+    if not files:
+        raise DermaganError(f"no {INDEX} in {gan_dir} or its sub-folders: train the generators first")
+    index = {}
+    for file in files:
+        for name, entry in json.loads(file.read_text()).items():
+            index[name] = {**entry, "path": str(file.parent / entry.get("file", f"{name}.pt"))}
+    return index
+
+
+def load_generator(path: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild an EMA generator written by a GAN training stage (DCGAN or FastGAN)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     cfg = saved["config"]
-    g = Generator(cfg["image_size"], cfg["latent_dim"], cfg["ngf"], cfg["num_classes"])
+    g = create_generator(saved.get("generator", "dcgan"), image_size=cfg["image_size"], latent_dim=cfg["latent_dim"],
+                         ngf=cfg["ngf"], num_classes=cfg["num_classes"])
     g.load_state_dict(saved["state_dict"])
     return g.eval(), saved
 
 
 @torch.no_grad()
-def sample_images(generator: Generator, n: int, seed: int, label: int | None = None,
+def sample_images(generator: torch.nn.Module, n: int, seed: int, label: int | None = None,
                   batch_size: int = 256) -> np.ndarray:
-    """``n`` uint8 images (N, H, W, 3); latent i depends only on (seed, i), not on batching."""
+    """``n`` uint8 images (N, H, W, 3), deterministic for ``seed``.
+
+    Latent i depends only on (seed, i); FastGAN's injected noise comes from torch's RNG, seeded
+    here (and restored afterwards), so its images also depend on the batch size.
+    """
     latents = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
     out = []
-    for chunk in latents.split(batch_size):
-        y = None if label is None else torch.full((len(chunk),), label, dtype=torch.long)
-        x = generator(chunk, y)
-        out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for chunk in latents.split(batch_size):
+            y = None if label is None else torch.full((len(chunk),), label, dtype=torch.long)
+            x = generator(chunk, y)
+            out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out) if out else np.zeros((0, generator.image_size, generator.image_size, 3), np.uint8)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +11,14 @@ from dermagan.atomic import atomic_dir
 from dermagan.constants import CLASSES
 from dermagan.data.prepared import read_split
 from dermagan.errors import DermaganError
-from dermagan.gan.generate import load_generator, manifest_rows, sample_images, synthetic_counts, write_pngs
+from dermagan.gan.generate import (
+    load_generator,
+    manifest_rows,
+    read_generator_index,
+    sample_images,
+    synthetic_counts,
+    write_pngs,
+)
 from dermagan.params import section
 
 MANIFEST = "manifest.csv"
@@ -28,14 +34,16 @@ def run_generate(params: dict, method: str, prepared: Path, gan_dir: Path, out_d
     if factor < 1:
         raise DermaganError(f"params: gan.candidates_factor must be >= 1, got {factor}")
     counts = {dx: math.ceil(n * factor) for dx, n in wanted.items()}  # spares for dedup to drop
-    index = json.loads((Path(gan_dir) / "generators.json").read_text())
+    index = read_generator_index(Path(gan_dir))
     seed = int(cfg["generate_seed"])
     frames = []
     with atomic_dir(Path(out_dir)) as tmp:
         for offset, (dx, n) in enumerate(counts.items()):
             name = "conditional" if method == "cdcgan" else dx
-            generator, saved = load_generator(Path(gan_dir) / f"{name}.pt")
-            label = saved["classes"].index(dx) if method == "cdcgan" else None
+            if name not in index:
+                raise DermaganError(f"no generator '{name}' for class {dx} in {gan_dir} (have {sorted(index)})")
+            generator, saved = load_generator(Path(index[name]["path"]))
+            label = saved["classes"].index(dx) if method == "cdcgan" else saved.get("label")
             images = sample_images(generator, n, seed + offset, label)
             files = write_pngs(images, tmp / dx, f"{method}_{dx}")
             rows = manifest_rows([f"{dx}/{f}" for f in files], dx, index[name]["version"], seed + offset)

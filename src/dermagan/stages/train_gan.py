@@ -21,7 +21,7 @@ from dermagan.constants import CLASSES
 from dermagan.data.prepared import read_split
 from dermagan.device import pick_device
 from dermagan.errors import DermaganError
-from dermagan.gan.train import GanConfig, GanTrainer, resume_gan, train_gan
+from dermagan.gan.train import GanConfig, GanTrainer, _crossed, resume_gan, train_gan
 from dermagan.params import section
 from dermagan.tracking.setup import configure, flatten, standard_tags
 
@@ -82,13 +82,19 @@ def run_train_gan(params: dict, method: str, prepared: Path, out_dir: Path, chec
     return results
 
 
-def _train_one(trainer: GanTrainer, method: str, name: str, classes: list[str], checkpoint: Path) -> dict:
-    """One GAN run: resume if possible, log losses and sample grids, register the EMA generator."""
+def _train_one(trainer: GanTrainer, method: str, name: str, classes: list[str], checkpoint: Path,
+               tags: dict | None = None, stage: str = "train_gan") -> dict:
+    """One GAN run: resume if possible, log losses and sample grids, register the EMA generator.
+
+    ``tags`` go on the run and on the registered generator version (e.g. the STGAN stage and the
+    stage-1 version a stage-2 generator starts from).
+    """
     resumed = resume_gan(trainer, checkpoint)
     started, cfg = time.perf_counter(), trainer.cfg
+    tags = {k: str(v) for k, v in (tags or {}).items()}
     with mlflow.start_run(run_name=f"{method}-{name}"):
-        mlflow.set_tags(standard_tags("train_gan", method=method, gan_classes=",".join(classes),
-                                      data="real train split only", resumed=resumed))
+        mlflow.set_tags(standard_tags(stage, method=method, gan_classes=",".join(classes),
+                                      data="real train split only", resumed=resumed, **tags))
         mlflow.log_params({**flatten(asdict(cfg)), "n_train_images": len(trainer.images)})
         log_every = max(1, 1000 // cfg.batch_size)
         bar = tqdm(total=cfg.total_images, initial=trainer.images_seen, unit="img", mininterval=5,
@@ -99,6 +105,9 @@ def _train_one(trainer: GanTrainer, method: str, name: str, classes: list[str], 
             if trainer.step_count == 1 or trainer.step_count % log_every == 0:
                 mlflow.log_metrics(losses, step=seen)
                 bar.set_postfix(d=f"{losses['gan/d_loss']:.3f}", g=f"{losses['gan/g_loss']:.3f}", refresh=False)
+            if bar.disable and _crossed(seen - cfg.batch_size, seen, max(cfg.total_images // 20, 1)):  # logs
+                print(f"{method} {name}: {seen}/{cfg.total_images} images, "
+                      f"d {losses['gan/d_loss']:.3f} g {losses['gan/g_loss']:.3f}", flush=True)
 
         def on_snapshot(seen: int, grid: torch.Tensor) -> None:
             mlflow.log_image(grid.permute(1, 2, 0).numpy(), key="samples", step=seen)
@@ -114,9 +123,9 @@ def _train_one(trainer: GanTrainer, method: str, name: str, classes: list[str], 
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
         for key, value in {"method": method, "gan_classes": ",".join(classes), "images_seen": trainer.images_seen,
-                           "conditional": bool(cfg.num_classes)}.items():
+                           "conditional": bool(cfg.num_classes), **tags}.items():
             client.set_model_version_tag(GENERATOR_MODEL, version, key, str(value))
         run_id = mlflow.active_run().info.run_id
     checkpoint.unlink(missing_ok=True)
     return {"run_id": run_id, "version": version, "classes": classes, "images_seen": trainer.images_seen,
-            "wall_seconds": wall}
+            "wall_seconds": wall, **tags}

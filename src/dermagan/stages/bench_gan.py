@@ -1,0 +1,90 @@
+"""``dermagan bench-gan``: STGAN step throughput, and domain-space fidelity against images seen.
+
+Not a pipeline stage: it measures. The throughput part times the real training step against the
+raw forward+backward passes of the same networks. With ``train_images`` it also trains a fresh
+network and scores its EMA generator every ``eval_every`` images in the domain space (the encoder
+of the domain_encoder stage) against the real train images, beside the real-val-vs-train yardstick.
+This is how the discriminators were compared and how a bar out of reach shows its curve.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dermagan.atomic import atomic_file
+from dermagan.constants import CLASSES
+from dermagan.data.prepared import read_split
+from dermagan.device import pick_device
+from dermagan.errors import DermaganError
+from dermagan.fidelity import domain_fidelity, encode, load_encoder
+from dermagan.gan.bench import fidelity_curve, profile_gan_step
+from dermagan.gan.stgan import StganTrainer
+from dermagan.params import section
+from dermagan.serialize import json_safe
+from dermagan.stages.train_stgan import stgan_config
+
+
+def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> one uint8 grid image, ``columns`` wide, 2 px gaps."""
+    n, h, w, _ = images.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + 2), columns * (w + 2), 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = image
+    return grid
+
+
+def run_bench_gan(params: dict, prepared: Path, *, stage: int = 1, dx: str | None = None,
+                  discriminator: str | None = None, feature_size: int | None = None, steps: int = 10,
+                  train_images: int = 0, eval_every: int = 4000, n_samples: int = 1000,
+                  domain_encoder: Path = Path("artifacts/domain_encoder"), out: Path | None = None) -> dict:
+    """Throughput (always) and, with ``train_images`` > 0, the fidelity curve of a fresh run."""
+    if stage == 2:
+        dx = dx or list(section(params, "gan", "classes"))[0]
+    cfg = stgan_config(params, f"stage{stage}", dx if stage == 2 else None)
+    overrides = {k: v for k, v in {"discriminator": discriminator, "feature_size": feature_size}.items() if v}
+    cfg = replace(cfg, **overrides)
+    device = pick_device(section(params, "train", "device"))
+    train, val = read_split(Path(prepared), "train"), read_split(Path(prepared), "val")
+    mask = np.ones(len(train), bool) if stage == 1 else train.labels == CLASSES.index(dx)
+    images = torch.from_numpy(train.images[mask]).permute(0, 3, 1, 2)
+    labels = torch.from_numpy(train.labels[mask]).long()
+    result = {"stage": stage, "class": dx, "discriminator": cfg.discriminator, "config": asdict(cfg),
+              "throughput": profile_gan_step(StganTrainer(cfg, images, labels, device), steps)}
+    if train_images > 0:
+        if eval_every <= 0:
+            raise DermaganError(f"--eval-every must be positive, got {eval_every}")
+        encoder_path = Path(domain_encoder) / "encoder.pt"
+        if not encoder_path.exists():
+            raise DermaganError(f"domain encoder not found: {encoder_path} (dvc repro domain_encoder)")
+        encoder = load_encoder(encoder_path, device)
+        real = encode(encoder, train.images[mask], device=device)
+        val_mask = np.ones(len(val), bool) if stage == 1 else val.labels == CLASSES.index(dx)
+        result["yardstick"] = domain_fidelity(real, encode(encoder, val.images[val_mask], device=device))
+        trainer = StganTrainer(replace(cfg, total_images=int(train_images)), images, labels, device)
+
+        def score(fake: np.ndarray) -> dict:
+            return domain_fidelity(real, encode(encoder, fake, device=device))
+
+        def show(point: dict, fake: np.ndarray) -> None:
+            if out:
+                grid = Path(out).with_suffix("") / f"samples_{point['images_seen']:07d}.png"
+                grid.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image_grid(fake[:64])).save(grid)
+            print(f"  {point['images_seen']:6d} images: domain FD {point['fd_domain']:.2f} "
+                  f"(yardstick {result['yardstick']['fd_domain']:.2f}), k-NN recall "
+                  f"{point['knn_recall_domain']:.2f}", flush=True)
+
+        label = cfg.fixed_label if cfg.num_classes else None
+        result["curve"] = fidelity_curve(trainer, score, int(eval_every), int(n_samples), label, on_point=show)
+    if out:
+        with atomic_file(Path(out)) as tmp:
+            tmp.write_text(json.dumps(json_safe(result), indent=2))
+    return result
