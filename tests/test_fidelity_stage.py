@@ -167,6 +167,14 @@ def test_fidelity_stage_survives_unknown_run_and_a_tiny_kept_set(tmp_path, track
     assert "skipped_reason" in saved["classes"]["vasc"]["two_sample"]  # 1 kept image: no two-sample test
 
 
+def test_fidelity_stage_survives_a_class_with_no_kept_images(tmp_path, tracking):
+    document, _ = run_stage(tmp_path, "dcgan", kept=0)
+    vasc = document["classes"]["vasc"]
+    assert vasc["domain_dedup"]["n_fake"] == 0 and vasc["domain_dedup"]["fd_domain"] is None
+    assert "skipped_reason" in vasc["two_sample"] and "skipped_reason" in document["cas"]
+    assert (tmp_path / "plots" / "nearest_train_examples.png").stat().st_size > 0
+
+
 def test_fidelity_stage_names_a_missing_domain_encoder(tmp_path, tracking):
     prepared = make_prepared(tmp_path / "prepared")
     decisions = make_synthetic(tmp_path / "synthetic", "dcgan")

@@ -254,3 +254,8 @@ def test_bench_reports_throughput_and_a_fidelity_curve_against_images_seen():
                             n_samples=3, on_point=lambda point, fake: seen.append(fake.shape))
     assert [p["images_seen"] for p in points] == [0, 8, 16] and all(p["n"] == 3 for p in points)
     assert seen == [(3, SIZE, SIZE, 3)] * 3 and points[0]["train_seconds"] == 0 < points[-1]["train_seconds"]
+
+
+def test_stgan_refuses_a_discriminator_without_the_stgan_interface():
+    with pytest.raises(Exception, match="must be one of \\('projected', 'fastgan'\\), got 'dcgan'"):
+        StganTrainer(tiny_config(discriminator="dcgan"), images(), None, torch.device("cpu"))

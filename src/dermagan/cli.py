@@ -218,7 +218,7 @@ def cmd_bench_gan(args: argparse.Namespace) -> None:
     result = run_bench_gan(load_params(args.params), args.prepared, stage=args.stage, dx=args.dx,
                            discriminator=args.discriminator, feature_size=args.feature_size, steps=args.steps,
                            train_images=args.train_images, eval_every=args.eval_every, n_samples=args.samples,
-                           domain_encoder=args.domain_encoder, out=args.out)
+                           domain_encoder=args.domain_encoder, out=args.out, base=args.base)
     t = result["throughput"]
     print(f"stgan stage {args.stage} ({result['discriminator']} D, batch {t['batch_size']}, "
           f"{torch.get_num_threads()} threads): D step {t['d_step_images_per_s']:.1f} img/s, G step "
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then train a fresh network this long, scoring it every --eval-every images")
     p.add_argument("--eval-every", type=int, default=4000)
     p.add_argument("--samples", type=int, default=1000, help="generated images per curve point")
+    p.add_argument("--base", type=Path, help="stage 2: start the curve's run from this stage-1 folder "
+                   "(e.g. artifacts/gan/stgan/base), as the train_stgan stage does")
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--domain-encoder", type=Path, default=Path("artifacts/domain_encoder"))
     p.add_argument("--out", type=Path, help="write the figures (JSON) here")

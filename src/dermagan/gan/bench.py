@@ -3,7 +3,9 @@
 ``profile_gan_step`` times the real training step of a ``GanTrainer``/``StganTrainer`` (fetch,
 DiffAugment, D step with its extra terms, G step, EMA) and the raw forward+backward passes of the
 same networks on fixed tensors: G forward for D's fakes, D forward+backward on reals and fakes,
-G forward+backward through D. Their ratio says how much of the machine the loop leaves unused.
+G forward+backward through D. Their ratio says how much of the machine the loop leaves unused,
+as long as the step does no extra work: with Barlow Twins (two more D passes on reals) or the
+FastGAN D's reconstruction loss, a lower ratio is that extra work, not idle time.
 
 ``fidelity_curve`` trains on and, every ``eval_every`` images, scores the EMA generator in a
 caller-given feature space (the domain encoder's): the curve of a metric against images seen.

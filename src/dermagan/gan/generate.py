@@ -61,21 +61,25 @@ def load_generator(path: Path) -> tuple[torch.nn.Module, dict]:
 
 
 @torch.no_grad()
-def sample_images(generator: torch.nn.Module, n: int, seed: int, label: int | None = None,
+def sample_images(generator: torch.nn.Module, n: int, seed: int, label: int | np.ndarray | None = None,
                   batch_size: int = 256) -> np.ndarray:
-    """``n`` uint8 images (N, H, W, 3), deterministic for ``seed``.
+    """``n`` uint8 images (N, H, W, 3), deterministic for ``seed``, on the generator's device.
 
+    ``label``: one class for every image, or one per image (an array of ``n``), or None.
     Latent i depends only on (seed, i); FastGAN's injected noise comes from torch's RNG, seeded
     here (and restored afterwards), so its images also depend on the batch size.
     """
+    device = next(generator.parameters()).device
     latents = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
+    labels = None if label is None else torch.as_tensor(np.broadcast_to(np.asarray(label), (n,)).copy()).long()
     out = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for chunk in latents.split(batch_size):
-            y = None if label is None else torch.full((len(chunk),), label, dtype=torch.long)
+        for start in range(0, n, batch_size):
+            chunk = latents[start:start + batch_size].to(device)
+            y = None if labels is None else labels[start:start + batch_size].to(device)
             x = generator(chunk, y)
-            out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, generator.image_size, generator.image_size, 3), np.uint8)
 
 

@@ -28,6 +28,9 @@ from dermagan.gan.losses import barlow_twins_loss, discriminator_loss
 from dermagan.gan.train import GanTrainer
 
 
+STGAN_DISCRIMINATORS = ("projected", "fastgan")
+
+
 @dataclass(frozen=True)
 class StganConfig:
     image_size: int = 64
@@ -62,6 +65,9 @@ class StganTrainer(GanTrainer):
 
     def __init__(self, cfg: StganConfig, images: torch.Tensor, labels: torch.Tensor | None, device: torch.device,
                  init: dict | None = None):
+        if cfg.discriminator not in STGAN_DISCRIMINATORS:
+            raise DermaganError(f"params: gan.stgan.net.discriminator must be one of {STGAN_DISCRIMINATORS}, got "
+                                f"'{cfg.discriminator}' (the DCGAN D has no Freeze-D blocks or Barlow features)")
         if cfg.loss != "hinge":
             raise DermaganError(f"params: STGAN trains with the hinge loss, got loss '{cfg.loss}'")
         parse_policy(cfg.diffaugment)

@@ -123,9 +123,16 @@ class GanTrainer:
 
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
-        """EMA generator on the fixed noise: a (3, H, W) image grid in [0, 1]."""
+        """EMA generator on the fixed noise: a (3, H, W) image grid in [0, 1].
+
+        Runs on a forked, fixed-seeded RNG: a generator that injects noise (FastGAN) neither takes
+        draws from the training stream (so snapshot settings cannot change the trained weights)
+        nor gets a different grid each time.
+        """
         y = None if self.fixed_y is None else self.fixed_y.to(self.device)
-        fakes = self.G_ema(self.fixed_z.to(self.device), y).cpu()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed + 2)
+            fakes = self.G_ema(self.fixed_z.to(self.device), y).cpu()
         return make_grid(fakes, nrow=int(len(fakes) ** 0.5), normalize=True, value_range=(-1, 1))
 
     # --- checkpoints --------------------------------------------------------------------

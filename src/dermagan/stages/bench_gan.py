@@ -24,10 +24,10 @@ from dermagan.device import pick_device
 from dermagan.errors import DermaganError
 from dermagan.fidelity import domain_fidelity, encode, load_encoder
 from dermagan.gan.bench import fidelity_curve, profile_gan_step
-from dermagan.gan.stgan import StganTrainer
+from dermagan.gan.stgan import StganTrainer, stage_one_state
 from dermagan.params import section
 from dermagan.serialize import json_safe
-from dermagan.stages.train_stgan import stgan_config
+from dermagan.stages.train_stgan import BASE_FILE, stgan_config
 
 
 def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -44,8 +44,13 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
 def run_bench_gan(params: dict, prepared: Path, *, stage: int = 1, dx: str | None = None,
                   discriminator: str | None = None, feature_size: int | None = None, steps: int = 10,
                   train_images: int = 0, eval_every: int = 4000, n_samples: int = 1000,
-                  domain_encoder: Path = Path("artifacts/domain_encoder"), out: Path | None = None) -> dict:
-    """Throughput (always) and, with ``train_images`` > 0, the fidelity curve of a fresh run."""
+                  domain_encoder: Path = Path("artifacts/domain_encoder"), out: Path | None = None,
+                  base: Path | None = None) -> dict:
+    """Throughput (always) and, with ``train_images`` > 0, the fidelity curve of a training run.
+
+    The curve's run starts fresh, or (stage 2 with ``base``) from stage 1's weights in
+    ``base/base.pt``, exactly as the train_stgan stage does.
+    """
     if stage == 2:
         dx = dx or list(section(params, "gan", "classes"))[0]
     cfg = stgan_config(params, f"stage{stage}", dx if stage == 2 else None)
@@ -68,7 +73,9 @@ def run_bench_gan(params: dict, prepared: Path, *, stage: int = 1, dx: str | Non
         real = encode(encoder, train.images[mask], device=device)
         val_mask = np.ones(len(val), bool) if stage == 1 else val.labels == CLASSES.index(dx)
         result["yardstick"] = domain_fidelity(real, encode(encoder, val.images[val_mask], device=device))
-        trainer = StganTrainer(replace(cfg, total_images=int(train_images)), images, labels, device)
+        init = stage_one_state(Path(base) / BASE_FILE) if (base and stage == 2) else None
+        trainer = StganTrainer(replace(cfg, total_images=int(train_images)), images, labels, device, init=init)
+        result["initialised_from"] = str(Path(base) / BASE_FILE) if init else "fresh"
 
         def score(fake: np.ndarray) -> dict:
             return domain_fidelity(real, encode(encoder, fake, device=device))
@@ -82,7 +89,12 @@ def run_bench_gan(params: dict, prepared: Path, *, stage: int = 1, dx: str | Non
                   f"(yardstick {result['yardstick']['fd_domain']:.2f}), k-NN recall "
                   f"{point['knn_recall_domain']:.2f}", flush=True)
 
-        label = cfg.fixed_label if cfg.num_classes else None
+        if not cfg.num_classes:
+            label = None
+        elif cfg.fixed_label is not None:
+            label = cfg.fixed_label
+        else:  # conditional stage 1: every class in turn, as in the training data's mixture of classes
+            label = np.arange(int(n_samples)) % cfg.num_classes
         result["curve"] = fidelity_curve(trainer, score, int(eval_every), int(n_samples), label, on_point=show)
     if out:
         with atomic_file(Path(out)) as tmp:

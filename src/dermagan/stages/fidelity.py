@@ -52,6 +52,7 @@ from dermagan.evaluate.plots import save  # noqa: E402
 from dermagan.evaluate.sample_grids import random_subset, real_vs_synthetic_figure  # noqa: E402
 from dermagan.fidelity import (  # noqa: E402
     DOMAIN_SPACE,
+    FEATURE_DIM,
     cas_report,
     domain_fidelity,
     encode,
@@ -96,6 +97,8 @@ def run_fidelity(params: dict, method: str, prepared: Path, synthetic_root: Path
         return extract_features(net, images, int(cfg["feature_size"]), device=device)
 
     def domain(images: np.ndarray) -> np.ndarray:
+        if not len(images):  # a class dedup emptied (its placeholder array is 1x1 px)
+            return np.zeros((0, FEATURE_DIM))
         return encode(encoder, images, device=device)
 
     document = {"method": method, "feature_space": FEATURE_SPACE, "feature_size": int(cfg["feature_size"]),

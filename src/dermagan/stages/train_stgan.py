@@ -43,6 +43,9 @@ def stgan_config(params: dict, stage: str, dx: str | None = None) -> StganConfig
             raise DermaganError(f"params: gan.stgan.per_class has no entry for class '{dx}' (every class in "
                                 f"gan.classes needs one, e.g. {dx}: {{total_images: 8000}})")
         values.update(per_class[dx] or {})
+    if "total_images" not in values:
+        where = f"gan.stgan.per_class.{dx}" if dx is not None else f"gan.stgan.{stage}"
+        raise DermaganError(f"params: {where} needs total_images (the training length in real images shown to D)")
     unknown = sorted(set(net) - set(NET_KEYS)) + sorted(set(values) - set(STAGE_KEYS))
     if unknown:
         raise DermaganError(f"params: unknown gan.stgan keys {unknown}; net keys: {list(NET_KEYS)}, "
@@ -104,7 +107,9 @@ def run_stgan_class(params: dict, dx: str, prepared: Path, base_dir: Path, out_d
     configure(section(params, "gan", "experiment"))
     images, labels = _train_images(Path(prepared), dx)
     trainer = StganTrainer(cfg, images, labels, device, init=init)
-    info = _train_one(trainer, METHOD, dx, [dx], Path(checkpoint_dir) / METHOD / f"{dx}.pt",
+    # the checkpoint names the stage-1 run it started from: a re-trained stage 1 never resumes an old stage 2
+    checkpoint = Path(checkpoint_dir) / METHOD / f"{dx}-from-{base_info['run_id']}.pt"
+    info = _train_one(trainer, METHOD, dx, [dx], checkpoint,
                       tags={"stgan_stage": 2, "stage1_version": base_info["version"],
                             "stage1_run_id": base_info["run_id"], "discriminator": cfg.discriminator,
                             "frozen_d_tensors": len(trainer.frozen)}, stage="train_stgan")
