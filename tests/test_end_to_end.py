@@ -151,7 +151,7 @@ def test_two_stage_stgan_run_and_domain_fidelity(project):
     stage1 = [v for v in stgan if v.tags["stgan_stage"] == "1"]
     stage2 = {v.tags["gan_classes"]: v for v in stgan if v.tags["stgan_stage"] == "2"}
     assert len(stage1) == 1 and sorted(stage2) == ["df", "vasc"]
-    assert all(v.tags["stage1_version"] == stage1[0].version for v in stage2.values())
+    assert all(v.tags["stage1_version"] == str(stage1[0].version) for v in stage2.values())
     fidelity = json.loads((root / "metrics" / "fidelity" / "stgan.json").read_text())
     for dx in ("df", "vasc"):
         metrics = fidelity["classes"][dx]
