@@ -259,3 +259,22 @@ def test_bench_reports_throughput_and_a_fidelity_curve_against_images_seen():
 def test_stgan_refuses_a_discriminator_without_the_stgan_interface():
     with pytest.raises(Exception, match="must be one of \\('projected', 'fastgan'\\), got 'dcgan'"):
         StganTrainer(tiny_config(discriminator="dcgan"), images(), None, torch.device("cpu"))
+
+
+def test_bench_gan_stage_two_curve_starts_from_stage_one(prepared, tmp_path):
+    from dermagan.data.prepared import read_split
+    from dermagan.fidelity import save_encoder, train_domain_encoder
+    from dermagan.stages.bench_gan import run_bench_gan
+
+    params = stgan_params(tmp_path)
+    run_stgan_base(params, prepared, tmp_path / "gan" / "base", tmp_path / "ckpt")
+    train = read_split(prepared, "train")
+    encoder, _ = train_domain_encoder(train.images, train.labels, len(CLASSES), epochs=1, batch_size=8,
+                                      progress=False)
+    save_encoder(encoder, tmp_path / "enc" / "encoder.pt")
+    result = run_bench_gan(params, prepared, stage=2, dx="df", steps=1, train_images=8, eval_every=4, n_samples=4,
+                           domain_encoder=tmp_path / "enc", out=tmp_path / "bench.json", base=tmp_path / "gan" / "base")
+    assert result["initialised_from"].endswith("base.pt") and result["class"] == "df"
+    assert [p["images_seen"] for p in result["curve"]] == [0, 4, 8] and "fd_domain" in result["yardstick"]
+    assert (tmp_path / "bench" / "samples_0000008.png").is_file()
+    assert json.loads((tmp_path / "bench.json").read_text())["throughput"]["ratio"] > 0
