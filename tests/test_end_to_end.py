@@ -24,18 +24,21 @@ from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 PER_CLASS = 14
-ARMS = ("cnn", "effnet", "cnn_ros", "cnn_dcgan", "cnn_stgan")
+ARMS = ("cnn", "effnet", "cnn_ros", "cnn_dcgan", "cnn_stgan", "effnet_experts")
 BIN = Path(sys.executable).parent
 
 
-def shrunk_params() -> tuple[dict, dict]:
-    """params.yaml and params/tuned.yaml (the file params.yaml's `tuned_params` names), both shrunk.
+def shrunk_params() -> tuple[dict, dict, dict]:
+    """params.yaml, params/tuned.yaml and params/tuned_gan.yaml (the files params.yaml names), shrunk.
 
     A recipe key lives in exactly one of the two files (a key in both is an error), so each
     shrunk key is set where the real files keep it: epochs and batch_size are tuned values.
     """
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     tuned = yaml.safe_load((REPO / params["tuned_params"]).read_text())
+    # tuned GAN values: one shrunk stage-2 setting for df (the real study's values train for minutes)
+    tuned_gan = {"gan": {"stgan_tuned": {"df": {"total_images": 16, "barlow_weight": 0.2, "diffaugment_p": 0.8}},
+                         "amount_tuned": {"stgan": {"df": 3}}}}
     params["prepare"].update(image_size=32, seed=1)
     params["validate"].update(min_class_count=1, min_class_share=0.0, max_class_share=1.0)
     params["train"].update(seeds=[0])
@@ -45,7 +48,8 @@ def shrunk_params() -> tuple[dict, dict]:
     cnn = {"backbone": "simple_cnn", "pretrained": None, "augment": False, "class_weight_power": 0.0}
     params["arms"] = {"cnn": {**cnn, "extra": None}, "effnet": params["arms"]["effnet"],
                       "cnn_ros": {**cnn, "extra": "oversample"}, "cnn_dcgan": {**cnn, "extra": "dcgan/dedup"},
-                      "cnn_stgan": {**cnn, "extra": "stgan/dedup"}}
+                      "cnn_stgan": {**cnn, "extra": "stgan/dedup"},
+                      "effnet_experts": {"extra": None, "experts": {"method": "stgan"}}}
     params["gan"].update(methods=["dcgan", "stgan"], dcgan_methods=["dcgan"], classes=["df", "vasc"],
                          amount={"mode": "count", "value": 4}, ngf=8, ndf=8, batch_size=8, total_images=48,
                          ema_half_life_images=16, snapshot_every_images=24, checkpoint_every_images=24, grid_size=4)
@@ -54,13 +58,14 @@ def shrunk_params() -> tuple[dict, dict]:
     stgan["stage1"].update(total_images=32, ema_half_life_images=16, snapshot_every_images=16,
                            checkpoint_every_images=16)
     stgan["stage2"].update(ema_half_life_images=8, snapshot_every_images=8, checkpoint_every_images=8)
-    stgan["per_class"] = {"df": {"total_images": 16}, "vasc": {"total_images": 16}}
+    stgan["per_class"] = {"df": {}, "vasc": {"total_images": 16}}
     params["fidelity"].update(feature_size=32, grid_images=3, nearest_examples=2)
     params["fidelity"]["domain_encoder"].update(epochs=1, batch_size=16)
     params["fidelity"]["cas"].update(epochs=1, seeds=[0])
     params["fidelity"]["two_sample"].update(bootstrap_samples=50)
     params["evaluate"]["bootstrap_samples"] = 200
-    return params, tuned
+    params["ensemble"]["arms"] = ["cnn", "effnet", "effnet_experts"]
+    return params, tuned, tuned_gan
 
 
 def real_subset(source: Path, dest: Path) -> None:
@@ -88,10 +93,11 @@ def project(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params, tuned = shrunk_params()
+    params, tuned, tuned_gan = shrunk_params()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / params["tuned_params"]).parent.mkdir(parents=True, exist_ok=True)
     (root / params["tuned_params"]).write_text(yaml.safe_dump(tuned, sort_keys=False))
+    (root / params["tuned_gan_params"]).write_text(yaml.safe_dump(tuned_gan, sort_keys=False))
     real_subset(REAL_DATA, root / "data")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GX_ANALYTICS_ENABLED": "False",
            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
@@ -174,8 +180,8 @@ def test_models_registered_with_tags_and_promoted(project):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
     versions = client.search_model_versions("name='dermagan-classifier'")
-    assert len(versions) == len(ARMS)
-    assert {v.tags["arm"] for v in versions} == set(ARMS)
+    assert len(versions) == len(ARMS) + 1  # every arm, plus the registered ensemble (pyfunc)
+    assert {v.tags["arm"] for v in versions} - set(ARMS) == {"ensemble_" + ensemble_combiner(root)}
     assert all("test_bal_acc" in v.tags and "test_recall_df" in v.tags for v in versions)
     # promotion picks by validation (newest wins ties) and only gates on test
     best = max(versions, key=lambda v: (float(v.tags["val_bal_acc"]), int(v.version)))
@@ -215,6 +221,35 @@ def test_second_repro_does_nothing_and_one_arm_change_reruns_only_it(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], root, env).stdout
     assert "train_stgan@df" in status and "train_stgan@vasc" not in status and "train_stgan_base" not in status
+
+
+def ensemble_combiner(root: Path) -> str:
+    return json.loads((root / "metrics" / "ensemble.json").read_text())["registered"]["combiner"]
+
+
+def test_tuned_gan_values_experts_arm_and_ensemble(project):
+    root, env, _ = project
+    # params/tuned_gan.yaml reaches stage 2 (df) and the number of df images the stgan arm gets
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    df = [v for v in client.search_model_versions("name='dermagan-generator'")
+          if v.tags["method"] == "stgan" and v.tags.get("gan_classes") == "df" and v.tags["stgan_stage"] == "2"]
+    assert client.get_run(df[0].run_id).data.params["barlow_weight"] == "0.2"
+    extra = pd.read_csv(root / "artifacts" / "trainsets" / "cnn_stgan" / "extra.csv")
+    assert extra["class"].value_counts().to_dict() == {"df": 3, "vasc": 4}
+    assert extra.shape[0] == 7
+    # the class-expert arm carries the frozen stage-2 discriminators and is judged like a GAN arm
+    assert (root / "artifacts" / "trainsets" / "effnet_experts" / "experts.pt").is_file()
+    saved = __import__("torch").load(root / "artifacts" / "models" / "effnet_experts-s0" / "model.pt",
+                                     map_location="cpu", weights_only=True)
+    assert saved["kind"] == "class_experts"
+    verdicts = pd.read_csv(root / "reports" / "compare" / "gan_vs_best.csv")
+    assert "effnet_experts" in set(verdicts["gan_arm"])
+    # the ensemble: weights fitted on val sum to 1 per combiner and seed; its predictions are written
+    weights = pd.read_csv(root / "reports" / "ensemble" / "weights.csv")
+    assert weights.groupby(["combiner", "seed"])["weight"].sum().round(6).eq(1).all()
+    assert set(weights["arm"]) == {"cnn", "effnet", "effnet_experts"}
+    assert (root / "reports" / "ensemble_predictions" / "ensemble_stacked-s0.csv").is_file()
 
 
 def _has_champion(env: dict) -> bool:

@@ -330,7 +330,7 @@ def test_applied_best_values_are_what_train_reads(tuned, tmp_path):
 def test_apply_refuses_a_study_without_completed_trials(tuned, tmp_path):
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(tuned["params"]))
-    with pytest.raises(DermaganError, match="no completed trial"):
+    with pytest.raises(DermaganError, match="no completed feasible trial"):
         apply_best(params_path, tuned["params"], "classifier", {**tuned["summary"], "best_params": {}})
 
 

@@ -62,6 +62,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
             tmp.write_bytes((args.out / "summary.json").read_bytes())
 
 
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from dermagan.stages.ensemble import default_arms, run_ensemble
+
+    params = load_params(args.params)
+    doc = run_ensemble(params, args.arms or default_arms(params), args.seeds, args.prepared, args.models_dir,
+                       args.out, args.metrics, args.predictions_dir)
+    for combiner, stats in doc["combiners"].items():
+        print(f"{combiner:13s} test bal_acc {stats['bal_acc_mean']:.4f} (val-fitted weights, "
+              f"{stats['collapsed_seeds']} collapsed seed(s))")
+    reg = doc["registered"]
+    print(f"best single arm (by val): {doc['best_single']['arm']}; registered {reg['combiner']} as {reg['model_uri']}")
+
+
 def cmd_validate_augmented(args: argparse.Namespace) -> None:
     from dermagan.stages.validate_augmented import run_validate_augmented
 
@@ -97,6 +110,14 @@ def cmd_train_stgan(args: argparse.Namespace) -> None:
         info = run_stgan_class(params, args.dx, args.prepared, args.base, args.out, args.checkpoints)
     print(f"stgan stage {args.stage} {args.dx or 'all classes'}: {info['images_seen']} images seen in "
           f"{info['wall_seconds']:.0f} s; registered dermagan-generator v{info['version']}")
+
+
+def cmd_train_cyclegan(args: argparse.Namespace) -> None:
+    from dermagan.stages.train_cyclegan import run_train_cyclegan
+
+    info = run_train_cyclegan(load_params(args.params), args.dx, args.prepared, args.out, args.checkpoints)
+    print(f"cyclegan {info['translation']}: {info['images_seen']} images seen in {info['wall_seconds']:.0f} s; "
+          f"registered dermagan-generator v{info['version']}")
 
 
 def cmd_domain_encoder(args: argparse.Namespace) -> None:
@@ -152,15 +173,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
     import mlflow
 
     from dermagan.atomic import atomic_file
-    from dermagan.classify.predict import predict_folder
+    from dermagan.ensemble.serving import load_classifier, predict_folder_any
     from dermagan.tracking.setup import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        model = mlflow.pytorch.load_model(args.model, map_location="cpu")
+        model = load_classifier(args.model)  # pytorch flavor -> nn.Module; an ensemble -> its pyfunc
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
         raise DermaganError(f"cannot load model '{args.model}' from {tracking_uri()}: {exc}") from exc
-    frame, skipped = predict_folder(model, args.images_dir)
+    frame, skipped = predict_folder_any(model, args.images_dir)
     with atomic_file(args.out) as tmp:
         frame.to_csv(tmp, index=False)
     for name, reason in skipped:
@@ -172,7 +193,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from dermagan.stages.tune import apply_best, run_tune
 
     params = load_params(args.params)
-    summary = run_tune(params, args.target, args.prepared, args.report or Path(f"reports/tune/{args.target}"),
+    report = args.report or Path(f"reports/tune/{args.target}" + (f"-{args.method}-{args.dx}" if args.target == "gan"
+                                                                    else ""))
+    summary = run_tune(params, args.target, args.prepared, report, method=args.method, dx=args.dx,
                        workers=args.workers, worker_offset=args.worker_index, storage=args.storage, study=args.study,
                        n_trials=args.n_trials,
                        timeout_minutes=args.timeout_minutes)
@@ -181,7 +204,18 @@ def cmd_tune(args: argparse.Namespace) -> None:
         path = apply_best(args.params, params, args.target, summary)
         print(f"wrote the best values to {path}; `dvc params diff` shows the change, `dvc repro` retrains")
     else:
-        print(f"not applied (add --apply to write them into {params.get('tuned_params')})")
+        key = "tuned_gan_params" if args.target == "gan" else "tuned_params"
+        print(f"not applied (add --apply to write them into {params.get(key)})")
+
+
+def cmd_cv(args: argparse.Namespace) -> None:
+    from dermagan.stages.cv import run_cv
+
+    summary = run_cv(load_params(args.params), args.arm, args.prepared, args.out, args.checkpoints,
+                     n_folds=args.folds, seed=args.seed, max_folds=args.max_folds)
+    if summary["complete"]:
+        print(f"arm {args.arm}: {summary['folds']}-fold balanced accuracy {summary['bal_acc_mean']:.4f} "
+              f"± {summary['bal_acc_std']:.4f} (MLflow run {summary['mlflow_run_id']})")
 
 
 def cmd_bench_train(args: argparse.Namespace) -> None:
@@ -300,6 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, help="also write the summary (means, spreads, verdicts) here, "
                    "e.g. a DVC metrics file")
 
+    p = add("ensemble", cmd_ensemble, "Combine the arms of each seed (BMA, tempered BMA, stacking, average; "
+            "weights fitted on real val only), score them on test against the best single arm (chosen on val), "
+            "and register one combiner as a pyfunc version of mlflow.registered_model.")
+    p.add_argument("--arms", nargs="+", help="member arms (default: params ensemble.arms, else every arm)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: params train.seeds)")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--models-dir", type=Path, default=Path("artifacts/models"),
+                   help="holds ARM-sSEED/model.pt from the train stage (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("reports/ensemble"))
+    p.add_argument("--metrics", type=Path, default=Path("metrics/ensemble.json"))
+    p.add_argument("--predictions-dir", type=Path, default=Path("reports/ensemble_predictions"),
+                   help="per-image test predictions, ensemble_COMBINER-sSEED.csv (default: %(default)s)")
+
     p = add("train-gan", cmd_train_gan, "Train DCGANs on the real train split (one per class, or one conditional).")
     p.add_argument("--method", required=True, choices=["dcgan", "cdcgan"])
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
@@ -317,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (stage 1: the base; stage 2: one class)")
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
 
+    p = add("train-cyclegan", cmd_train_cyclegan,
+            "CycleGAN nv <-> one augmented class on the real train split; registers the nv -> class generator.")
+    p.add_argument("--class", dest="dx", required=True, help="the augmented class (one of params gan.classes)")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--out", type=Path, required=True, help="output folder (<class>.pt + generators.json)")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
+
     p = add("domain-encoder", cmd_domain_encoder,
             "Train the domain feature encoder (a from-scratch CNN on the real train split only) that fidelity "
             "measures generators in; no discriminator ever sees it.")
@@ -324,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("artifacts/domain_encoder"))
 
     p = add("generate", cmd_generate, "Sample synthetic PNGs and a manifest from trained generators.")
-    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan", "stgan"])
+    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan", "stgan", "cyclegan"])
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--gan-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -337,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("fidelity", cmd_fidelity, "FID/KID (EfficientNet-Lite0 features), k-NN precision/recall and "
             "real-vs-synthetic figures per class.")
-    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan", "stgan"])
+    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan", "stgan", "cyclegan"])
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--domain-encoder", type=Path, default=Path("artifacts/domain_encoder"),
                    help="folder written by `dermagan domain-encoder` (default: %(default)s)")
@@ -364,9 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models:/dermagan-classifier@champion", help="model URI (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("preds.csv"))
 
-    p = add("tune", cmd_tune, "Optuna study of a target's hyperparameters on real-only validation balanced "
-            "accuracy (search space: params.yaml tune.<target>.space); resumes an existing study.")
-    p.add_argument("target", choices=["classifier"], help="what to tune")
+    p = add("tune", cmd_tune, "Optuna study of a target's hyperparameters on real-only validation scores "
+            "(classifier: val balanced accuracy; gan: val recall of one class, with val balanced accuracy as a "
+            "constraint; search space: params.yaml tune.<target>.space); resumes an existing study.")
+    p.add_argument("target", choices=["classifier", "gan"], help="what to tune")
+    p.add_argument("--method", default="stgan", help="gan: the generator method whose per-class stage is tuned "
+                   "(default: %(default)s)")
+    p.add_argument("--class", dest="dx", help="gan: the augmented class (e.g. df)")
     p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes sharing the study (default: %(default)s)")
@@ -382,7 +440,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: tune.<target>.timeout_minutes)")
     p.add_argument("--report", type=Path, help="summary, trials table and figures (default: reports/tune/TARGET)")
     p.add_argument("--apply", action="store_true", help="write the best values into the tuned-params file "
-                   "(params.yaml `tuned_params`)")
+                   "(params.yaml `tuned_params`; gan: `tuned_gan_params`)")
+
+    p = add("cv", cmd_cv, "Lesion-grouped K-fold evaluation of one arm on train+val (the test split is never "
+            "read): per-fold and mean ± std balanced accuracy, report folder and MLflow runs (one parent, one "
+            "nested run per fold). Arms with extra: null or oversample (copies drawn from each fold's training "
+            "part); GAN and class-expert arms are refused (their models saw every fold's validation images). "
+            "A killed run resumes: finished folds are kept under CHECKPOINTS/cv/NAME and skipped.")
+    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
+    p.add_argument("--folds", type=int, help="K (default: params cv.folds)")
+    p.add_argument("--seed", type=int, help="fold assignment and training seed (default: params cv.seed)")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--out", type=Path, help="report folder: folds.csv, summary.json, folds.png "
+                   "(default: reports/cv/ARM-kK, with -sSEED when the seed is not cv.seed)")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
+                   help="resume files go to CHECKPOINTS/cv/NAME (default: %(default)s)")
+    p.add_argument("--max-folds", type=int, help="train at most this many unfinished folds, then stop (run the "
+                   "same command again to continue); the report is written once all K are done")
 
     p = add("bench-train", cmd_bench_train, "Time the phases of an arm's training step (data, augment, forward, "
             "backward, optimiser) against raw forward+backward of the same network.")
@@ -420,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _default_paths(args: argparse.Namespace) -> None:
     """Fill unset paths from the arm and seed (train/evaluate), arm (validate-augmented) or method (fidelity)."""
+    if args.command == "cv":  # its seed and folders default from params.yaml `cv` (see stages/cv.py)
+        return
     arm, method = getattr(args, "arm", None), getattr(args, "method", None)
     if arm and hasattr(args, "seed") and args.seed is None:
         args.seed = int(load_params(args.params)["train"]["seeds"][0])

@@ -10,27 +10,38 @@ import yaml
 from dermagan.errors import DermaganError
 
 
-TUNED_KEY = "tuned_params"  # params.yaml names the tuned-params file under this key
+TUNED_KEY = "tuned_params"  # params.yaml names the classifier's tuned-params file under this key
+# tuning target -> the params.yaml key naming the file its `--apply` writes
+TUNED_KEYS = {"classifier": TUNED_KEY, "gan": "tuned_gan_params"}
 
 
 def load_params(path: Path) -> dict[str, Any]:
-    """Load params.yaml and the tuned-params file it names (``tuned_params:``), merged.
+    """Load params.yaml and the tuned-params files it names (``tuned_params:``, ``tuned_gan_params:``), merged.
 
-    The tuned file's blocks (e.g. ``train``) are merged into the same blocks of params.yaml; a
-    key set in both files is an error, so a tuned value is only ever in one place. The merged
-    dict gets ``tuned.keys`` (the dotted keys that came from the tuned file) and ``tuned.file``.
+    A tuned file's blocks (e.g. ``train``, ``gan``) are merged into the same blocks of params.yaml;
+    a key set in two places is an error, so a tuned value is only ever in one place. The merged
+    dict gets ``tuned.keys`` (the dotted keys that came from tuned files), ``tuned.file`` (the
+    classifier's) and ``tuned.study``.
     """
     params = read_yaml(path)
-    tuned_file = params.get(TUNED_KEY)
-    if not tuned_file:
-        return params
-    tuned_path = Path(path).parent / tuned_file
-    if not tuned_path.is_file():
-        raise DermaganError(f"{path}: {TUNED_KEY} names {tuned_file}, which does not exist; run "
-                            "`dermagan tune classifier --apply` or remove the key")
-    tuned = read_yaml(tuned_path)
-    merged, keys = merge_tuned(params, {k: v for k, v in tuned.items() if k != "study"}, tuned_path, path)
-    merged["tuned"] = {"file": str(tuned_file), "keys": keys, "study": tuned.get("study", {})}
+    merged, info = params, {}
+    for target, key in TUNED_KEYS.items():
+        tuned_file = params.get(key)
+        if not tuned_file:
+            continue
+        tuned_path = Path(path).parent / tuned_file
+        if not tuned_path.is_file():
+            raise DermaganError(f"{path}: {key} names {tuned_file}, which does not exist; run "
+                                f"`dermagan tune {target} --apply` or remove the key")
+        tuned = read_yaml(tuned_path)
+        merged, keys = merge_tuned(merged, {k: v for k, v in tuned.items() if k != "study"}, tuned_path, path)
+        if target == "classifier":
+            info.update({"file": str(tuned_file), "study": tuned.get("study", {})})
+        else:
+            info.setdefault("files", {})[target] = str(tuned_file)
+        info["keys"] = info.get("keys", []) + keys
+    if info:
+        merged["tuned"] = {"file": None, "keys": [], "study": {}, **info}
     return merged
 
 

@@ -2,8 +2,9 @@
 
 A domain encoder trained only on real train images (``encoder``), Fréchet/KID/k-NN metrics in its
 space (``domain``), train-on-synthetic/test-on-real accuracy (``cas``), a real-vs-synthetic
-classifier two-sample test (``two_sample``) and nearest-train-distance memorisation checks
-(``memorisation``). Plain functions: no params, no MLflow, no global state.
+classifier two-sample test (``two_sample``), nearest-train-distance memorisation checks
+(``memorisation``) and the source leakage of translated images (``leakage``). Plain functions: no
+params, no MLflow, no global state.
 """
 
 from dermagan.fidelity.cas import cas_report, classification_accuracy_score
@@ -18,11 +19,13 @@ from dermagan.fidelity.encoder import (
     save_encoder,
     train_domain_encoder,
 )
+from dermagan.fidelity.leakage import source_distances, source_leakage, source_leakage_report
 from dermagan.fidelity.memorisation import memorisation_report, nearest_train_distances
 from dermagan.fidelity.two_sample import two_sample_auc
 
 __all__ = [
     "DOMAIN_KEYS", "DOMAIN_SPACE", "FEATURE_DIM", "DomainEncoder", "cas_report", "classification_accuracy_score",
     "domain_fidelity", "encode", "load_encoder", "memorisation_report", "nearest_train_distances",
-    "predict_labels", "save_encoder", "train_domain_encoder", "two_sample_auc",
+    "predict_labels", "save_encoder", "source_distances", "source_leakage", "source_leakage_report",
+    "train_domain_encoder", "two_sample_auc",
 ]

@@ -74,9 +74,17 @@ def parse_policy(policy: str) -> list[str]:
     return names
 
 
-def diff_augment(x: torch.Tensor, policy: str, gen: torch.Generator) -> torch.Tensor:
-    """Apply every op of ``policy`` with fresh per-image random parameters from ``gen``."""
+def diff_augment(x: torch.Tensor, policy: str, gen: torch.Generator, p: float = 1.0) -> torch.Tensor:
+    """Apply every op of ``policy`` with fresh per-image random parameters from ``gen``.
+
+    ``p`` is the strength: the probability that an image is augmented at all (ADA's *p*). At
+    ``p = 1`` every image is augmented and no extra random numbers are drawn.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise DermaganError(f"params: DiffAugment strength diffaugment_p must be in [0, 1], got {p}")
+    keep = None if p >= 1.0 else _rand(x, gen).lt(p).view(-1, 1, 1, 1)
+    out = x
     for name in parse_policy(policy):
         for op in POLICIES[name]:
-            x = op(x, gen)
-    return x
+            out = op(out, gen)
+    return out if keep is None else torch.where(keep, out, x)

@@ -33,6 +33,20 @@ def synthetic_counts(real_counts: dict[str, int], classes: list[str], mode: str,
     raise DermaganError(f"params: gan.amount.mode must be 'count' or 'share', got '{mode}'")
 
 
+def method_counts(gan: dict, real_counts: dict[str, int], method: str | None) -> dict[str, int]:
+    """``synthetic_counts`` from the ``gan`` params block, with ``gan.amount_tuned.<method>.<class>``
+    (written by ``dermagan tune gan --apply``) replacing the count of a tuned class."""
+    amount = gan["amount"]
+    counts = synthetic_counts(real_counts, list(gan["classes"]), amount["mode"], float(amount["value"]))
+    tuned = ((gan.get("amount_tuned") or {}).get(method) or {}) if method else {}
+    for dx, n in tuned.items():
+        if dx in counts:
+            if not isinstance(n, int) or n < 0:
+                raise DermaganError(f"params: gan.amount_tuned.{method}.{dx} must be a count >= 0, got {n!r}")
+            counts[dx] = n
+    return counts
+
+
 def read_generator_index(gan_dir: Path) -> dict[str, dict]:
     """Generator name -> index entry (run, registered version, classes, ``path`` of its weights).
 
@@ -93,6 +107,11 @@ def write_pngs(images: np.ndarray, folder: Path, prefix: str) -> list[str]:
     return names
 
 
-def manifest_rows(files: list[str], dx: str, model_version: str, seed: int) -> pd.DataFrame:
-    return pd.DataFrame({"file": files, "class": dx, "generator_version": model_version, "seed": seed,
+def manifest_rows(files: list[str], dx: str, model_version: str, seed: int,
+                  sources: list[str] | None = None) -> pd.DataFrame:
+    """Manifest rows of one class; ``sources`` (image-to-image methods): the real image each one was made from."""
+    rows = pd.DataFrame({"file": files, "class": dx, "generator_version": model_version, "seed": seed,
                          "latent_index": range(len(files))})
+    if sources is not None:
+        rows["source"] = list(sources)
+    return rows

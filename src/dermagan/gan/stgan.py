@@ -49,6 +49,7 @@ class StganConfig:
     total_images: int = 40_000
     ema_half_life_images: int = 5_000
     diffaugment: str = "color,translation,cutout"
+    diffaugment_p: float = 1.0  # DiffAugment strength: probability that a D input is augmented
     aux_weight: float = 1.0  # FastGAN D: weight of the reconstruction loss on reals
     freeze_d_blocks: int = 0
     barlow_weight: float = 0.0

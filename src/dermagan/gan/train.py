@@ -83,7 +83,9 @@ class GanTrainer:
         return torch.randn(n, self.cfg.latent_dim, generator=self.gen).to(self.device)
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, self.cfg.diffaugment, self.gen) if self.cfg.diffaugment else x
+        if not self.cfg.diffaugment:
+            return x
+        return diff_augment(x, self.cfg.diffaugment, self.gen, getattr(self.cfg, "diffaugment_p", 1.0))
 
     def discriminator_step(self, reals: torch.Tensor, y: torch.Tensor | None) -> float:
         with torch.no_grad():

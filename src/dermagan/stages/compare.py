@@ -133,7 +133,10 @@ def run_compare(params: dict, metrics_dir: Path, out_dir: Path, predictions_dir:
     y_true, predictions = read_predictions(predictions_dir, list(arms), seeds)
     check_predictions_match_metrics(runs, y_true, predictions)
     per_arm = arms_table(runs, CLASSES)
-    gan_arms = [arm for arm, settings in arms.items() if is_gan_arm(settings)]
+    # GAN-derived arms are judged against the best real-only arm: GAN images (extra) or frozen GAN
+    # discriminators as class-expert features (experts)
+    gan_arms = [arm for arm, settings in arms.items()
+                if is_gan_arm(settings) or arm_settings(params, arm).get("experts")]
     rule = "the best non-GAN arm per metric on the test split (no training histories given)"
     judged = predictions
     if history_dir is not None and gan_arms:

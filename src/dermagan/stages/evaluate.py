@@ -39,9 +39,13 @@ def load_trained(model_dir: Path) -> tuple[NormalizedClassifier, dict]:
     if not path.is_file():
         raise DermaganError(f"{path}: trained model not found; run the train stage first")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = create_classifier(saved["backbone"], tuple(saved["classes"]), saved["image_size"],
-                              tta=saved.get("tta", "none"))
-    model.load_state_dict(saved["state_dict"])
+    if saved.get("kind") == "class_experts":  # backbone + frozen class-expert discriminators (dermagan.experts)
+        from dermagan.experts import load_expert_classifier
+        model = load_expert_classifier(saved, path)
+    else:
+        model = create_classifier(saved["backbone"], tuple(saved["classes"]), saved["image_size"],
+                                  tta=saved.get("tta", "none"))
+        model.load_state_dict(saved["state_dict"])
     info = json.loads((Path(model_dir) / "mlflow.json").read_text())
     return model, info
 

@@ -59,6 +59,8 @@ from dermagan.fidelity import (  # noqa: E402
     load_encoder,
     memorisation_report,
     nearest_train_distances,
+    source_distances,
+    source_leakage_report,
     two_sample_auc,
 )
 from dermagan.gan.generate import read_generator_index  # noqa: E402
@@ -76,6 +78,7 @@ NEAREST_FIGURE = "nearest_train_examples.png"
 TABLE = "fidelity.csv"
 DOMAIN_TABLE = "fidelity_domain.csv"
 ENCODER_FILE = "encoder.pt"
+SOURCE = "source"  # manifest column of image-to-image methods (cyclegan): the real train image translated
 
 
 def run_fidelity(params: dict, method: str, prepared: Path, synthetic_root: Path, dedup_report: Path, gan_dir: Path,
@@ -105,6 +108,7 @@ def run_fidelity(params: dict, method: str, prepared: Path, synthetic_root: Path
                 "domain_space": DOMAIN_SPACE, "knn_k": int(cfg["knn_k"]), "classes": {}}
     train_domain = domain(train.images)
     grid_real, grid_synthetic, near_real, near_synthetic, kept = {}, {}, {}, {}, {}
+    translated = SOURCE in manifests["generated"] and manifests["generated"][SOURCE].notna().any()
     for offset, dx in enumerate(classes):
         started = time.perf_counter()
         sets = {"train": class_images(train, dx), "real_val_reference": class_images(val, dx),
@@ -112,6 +116,10 @@ def run_fidelity(params: dict, method: str, prepared: Path, synthetic_root: Path
         kept[dx] = sets["dedup"]
         metrics = class_metrics(sets, features, decisions, dx, int(cfg["knn_k"]), int(cfg["seed"]))
         metrics.update(domain_metrics(sets, domain, train_domain, train.labels == CLASSES.index(dx), cfg))
+        if translated:  # only methods whose manifest names a source image get this block
+            metrics["source_leakage"] = leakage_metrics(manifests, synthetic_root, sets, dx, domain, train,
+                                                        train_domain)
+            print(leakage_line(method, dx, metrics["source_leakage"]), flush=True)
         document["classes"][dx] = metrics
         grid_real[dx] = random_subset(sets["train"], int(cfg["grid_images"]), int(cfg["seed"]) + offset)
         grid_synthetic[dx] = random_subset(sets["dedup"], int(cfg["grid_images"]), int(cfg["seed"]) + offset)
@@ -156,6 +164,50 @@ def domain_metrics(sets: dict[str, np.ndarray], domain, train_domain: np.ndarray
         result["two_sample"] = {"skipped_reason": f"need 2 real val and 2 kept images, got {len(val)} and {len(kept)}"}
         result["memorisation_domain"] = {"skipped_reason": result["two_sample"]["skipped_reason"]}
     return result
+
+
+def leakage_metrics(manifests: dict[str, pd.DataFrame], synthetic_root: Path, sets: dict[str, np.ndarray], dx: str,
+                    domain, train: SplitArrays, train_domain: np.ndarray) -> dict:
+    """Source leakage (domain space) of the kept and the generated translations of one class.
+
+    Each image's own source (manifest ``source``, a train image id) is compared with every train
+    image of the source class; ``flagged_files`` lists the near-copies of their source.
+    """
+    row_of = {str(image_id): row for row, image_id in enumerate(train.image_ids)}
+    result = {}
+    for name, frame in manifests.items():
+        where = Path(synthetic_root) / name / MANIFEST
+        rows = frame[frame["class"] == dx]
+        if not len(rows):
+            result[name] = {"skipped_reason": f"no {name} images of class {dx}"}
+            continue
+        unknown = sorted({str(s) for s in rows[SOURCE] if str(s) not in row_of})
+        if unknown:
+            raise DermaganError(f"{where}: source(s) {unknown[:5]} of class {dx} are not real train image ids")
+        positions = np.array([row_of[str(s)] for s in rows[SOURCE]])
+        source_labels = np.unique(train.labels[positions])
+        if len(source_labels) != 1:
+            raise DermaganError(f"{where}: the sources of class {dx} come from several classes "
+                                f"{[CLASSES[i] for i in source_labels]}; expected one source class")
+        reference = np.flatnonzero(train.labels == source_labels[0])
+        own, other = source_distances(domain(sets[name]), train_domain[reference],
+                                      np.searchsorted(reference, positions))
+        report = source_leakage_report(own, other, len(reference))
+        report["source_class"] = CLASSES[source_labels[0]]
+        report["flagged_files"] = rows["file"][own < report["flag_threshold"]].tolist()
+        result[name] = report
+    return result
+
+
+def leakage_line(method: str, dx: str, leakage: dict) -> str:
+    kept = leakage["dedup"]
+    if "skipped_reason" in kept:
+        return f"source leakage {method}/{dx}: skipped ({kept['skipped_reason']})"
+    return (f"source leakage {method}/{dx} (kept, domain space): own-source distance median "
+            f"{kept['own_distance_median']:.2f} vs nearest other {kept['source_class']} "
+            f"{kept['nearest_other_distance_median']:.2f} (ratio {kept['ratio_median']:.2f}); own source nearest for "
+            f"{kept['share_own_nearest']:.1%} (chance {kept['chance_own_nearest']:.2%}); "
+            f"{kept['flagged']}/{kept['n_translated']} flagged")
 
 
 def nearest_indices(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -291,6 +343,9 @@ def mlflow_metrics(method: str, dx: str, metrics: dict) -> dict[str, float]:
                      if isinstance(value, (int, float)) and not isinstance(value, bool)})
     flat.update({f"fidelity/{infix}{key}": value for key, value in metrics.items()
                  if key.startswith("nearest_train_") or key in ("n_generated", "n_kept")})
+    for name, prefix in (("dedup", "source_leakage"), ("generated", "source_leakage_generated")):
+        flat.update({f"{prefix}/{infix}{key}": value for key, value in metrics.get("source_leakage", {}).get(
+            name, {}).items() if isinstance(value, (int, float)) and not isinstance(value, bool)})
     return {k: float(v) for k, v in flat.items() if v is not None and math.isfinite(float(v))}
 
 

@@ -34,7 +34,8 @@ def arm_settings(params: dict, arm: str) -> dict:
 
 def arm_recipe(params: dict, arm: str) -> dict:
     """The shared recipe (params.yaml `train` + tuned values) with the arm's overrides."""
-    return build_recipe(section(params, "train"), arm_settings(params, arm), where=f"arms.{arm}")
+    settings = {k: v for k, v in arm_settings(params, arm).items() if k != "experts"}  # dermagan.experts reads it
+    return build_recipe(section(params, "train"), settings, where=f"arms.{arm}")
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -71,7 +72,11 @@ def run_train(params: dict, arm: str, seed: int, prepared: Path, trainset_dir: P
     image_size = int(section(params, "prepare", "image_size"))
     device = pick_device(section(params, "train", "device"))
     torch.manual_seed(cfg.seed)
-    model = build_classifier(recipe, CLASSES, image_size)
+    if settings.get("experts"):  # frozen class-expert discriminators beside the backbone (dermagan.experts)
+        from dermagan.experts import build_expert_classifier
+        model = build_expert_classifier(recipe, CLASSES, image_size, settings["experts"], trainset_dir, arm)
+    else:
+        model = build_classifier(recipe, CLASSES, image_size)
     (train, n_extra), val = training_set(settings, Path(prepared), trainset_dir), read_split(prepared, "val")
     trainer = Trainer(model, train, cfg, device)
     checkpoint = Path(checkpoint_dir) / name / "last.pt"
@@ -134,6 +139,7 @@ def _log_and_register(model, params, arm, settings, recipe, image_size, result, 
 def _write_outputs(out_dir, history_csv, model, recipe, image_size, info, history) -> None:
     with atomic_dir(Path(out_dir)) as tmp, atomic_file(Path(history_csv)) as tmp_csv:
         torch.save({"state_dict": model.state_dict(), "backbone": recipe["backbone"], "tta": recipe["tta"],
-                    "classes": list(CLASSES), "image_size": image_size}, tmp / "model.pt")
+                    "classes": list(CLASSES), "image_size": image_size,
+                    **(model.checkpoint_fields() if hasattr(model, "checkpoint_fields") else {})}, tmp / "model.pt")
         (tmp / "mlflow.json").write_text(json.dumps(info, indent=2))
         history.rename(columns=lambda c: c.replace("/", "_")).to_csv(tmp_csv, index=False)

@@ -89,13 +89,30 @@ def _train_one(trainer: GanTrainer, method: str, name: str, classes: list[str], 
     ``tags`` go on the run and on the registered generator version (e.g. the STGAN stage and the
     stage-1 version a stage-2 generator starts from).
     """
+    cfg = trainer.cfg
+    example = np.zeros((1, cfg.latent_dim), dtype=np.float32)
+    return train_and_register(trainer, trainer.G_ema, method, name, classes, checkpoint,
+                              run_params={"n_train_images": len(trainer.images)},
+                              input_example=example if not cfg.num_classes else None,
+                              conditional=bool(cfg.num_classes), tags=tags, stage=stage)
+
+
+def train_and_register(trainer, model: torch.nn.Module, method: str, name: str, classes: list[str],
+                       checkpoint: Path, run_params: dict, input_example: np.ndarray | None = None,
+                       conditional: bool = False, tags: dict | None = None, stage: str = "train_gan") -> dict:
+    """Train any trainer ``train_gan`` drives (``GanTrainer``, ``CycleGanTrainer``) in one MLflow run.
+
+    Resumes from ``checkpoint`` if possible; logs the config and ``run_params``, the losses
+    (``gan/d_loss`` and ``gan/g_loss`` plus any others ``step`` returns) and the sample grids;
+    then registers ``model`` (trained in place by ``trainer``) as a ``dermagan-generator`` version.
+    """
     resumed = resume_gan(trainer, checkpoint)
     started, cfg = time.perf_counter(), trainer.cfg
     tags = {k: str(v) for k, v in (tags or {}).items()}
     with mlflow.start_run(run_name=f"{method}-{name}"):
         mlflow.set_tags(standard_tags(stage, method=method, gan_classes=",".join(classes),
                                       data="real train split only", resumed=resumed, **tags))
-        mlflow.log_params({**flatten(asdict(cfg)), "n_train_images": len(trainer.images)})
+        mlflow.log_params({**flatten(asdict(cfg)), **run_params})
         log_every = max(1, 1000 // cfg.batch_size)
         bar = tqdm(total=cfg.total_images, initial=trainer.images_seen, unit="img", mininterval=5,
                    desc=f"{method} {name}")
@@ -116,16 +133,24 @@ def _train_one(trainer: GanTrainer, method: str, name: str, classes: list[str], 
         bar.close()
         wall = time.perf_counter() - started
         mlflow.log_metrics({"gan/wall_seconds": wall, "gan/images_seen": trainer.images_seen})
-        example = np.zeros((1, cfg.latent_dim), dtype=np.float32)
-        info = mlflow.pytorch.log_model(trainer.G_ema.cpu(), name="generator", registered_model_name=GENERATOR_MODEL,
-                                        input_example=example if not cfg.num_classes else None,
-                                        serialization_format="pickle")
-        version = str(info.registered_model_version)
-        client = mlflow.MlflowClient()
-        for key, value in {"method": method, "gan_classes": ",".join(classes), "images_seen": trainer.images_seen,
-                           "conditional": bool(cfg.num_classes), **tags}.items():
-            client.set_model_version_tag(GENERATOR_MODEL, version, key, str(value))
+        version = register_generator_version(model, method, classes, trainer.images_seen, input_example,
+                                             conditional, tags)
         run_id = mlflow.active_run().info.run_id
     checkpoint.unlink(missing_ok=True)
     return {"run_id": run_id, "version": version, "classes": classes, "images_seen": trainer.images_seen,
             "wall_seconds": wall, **tags}
+
+
+def register_generator_version(model: torch.nn.Module, method: str, classes: list[str], images_seen: int,
+                               input_example: np.ndarray | None = None, conditional: bool = False,
+                               tags: dict | None = None) -> str:
+    """Log ``model`` (moved to the CPU) to the active run and register it as a ``dermagan-generator``
+    version tagged with the method, classes, images seen, conditional and ``tags``; return the version."""
+    info = mlflow.pytorch.log_model(model.cpu(), name="generator", registered_model_name=GENERATOR_MODEL,
+                                    input_example=input_example, serialization_format="pickle")
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in {"method": method, "gan_classes": ",".join(classes), "images_seen": images_seen,
+                       "conditional": conditional, **(tags or {})}.items():
+        client.set_model_version_tag(GENERATOR_MODEL, version, key, str(value))
+    return version

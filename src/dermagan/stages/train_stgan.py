@@ -30,7 +30,10 @@ BASE_FILE, BASE_INDEX = "base.pt", "base.json"
 NET_KEYS = ("discriminator", "feature_size", "conditional", "latent_dim", "ngf", "ndf", "lr_g", "lr_d", "beta1",
             "beta2", "batch_size", "diffaugment", "aux_weight", "grid_size", "seed")
 STAGE_KEYS = ("total_images", "ema_half_life_images", "freeze_d_blocks", "barlow_weight", "barlow_lambda",
-              "snapshot_every_images", "checkpoint_every_images")
+              "snapshot_every_images", "checkpoint_every_images", "diffaugment_p")
+# net keys a stage block may override: training settings, not the architecture stage 2 must share
+OVERRIDABLE = ("lr_g", "lr_d", "diffaugment")
+TUNED_BLOCK = "stgan_tuned"  # gan.stgan_tuned.<class>: stage-2 values from `dermagan tune gan --apply`
 
 
 def stgan_config(params: dict, stage: str, dx: str | None = None) -> StganConfig:
@@ -43,16 +46,23 @@ def stgan_config(params: dict, stage: str, dx: str | None = None) -> StganConfig
             raise DermaganError(f"params: gan.stgan.per_class has no entry for class '{dx}' (every class in "
                                 f"gan.classes needs one, e.g. {dx}: {{total_images: 8000}})")
         values.update(per_class[dx] or {})
+        tuned = dict((section(params, "gan").get(TUNED_BLOCK) or {}).get(dx) or {})
+        both = sorted(set(tuned) & set(per_class[dx] or {}))
+        if both:
+            raise DermaganError(f"params: gan.stgan.per_class.{dx}.{both[0]} is also tuned (gan.{TUNED_BLOCK}.{dx} in "
+                                f"the tuned-params file); a tuned key lives only in the tuned file: delete it from "
+                                f"params.yaml (all: {both})")
+        values.update(tuned)
     if "total_images" not in values:
         where = f"gan.stgan.per_class.{dx}" if dx is not None else f"gan.stgan.{stage}"
         raise DermaganError(f"params: {where} needs total_images (the training length in real images shown to D)")
-    unknown = sorted(set(net) - set(NET_KEYS)) + sorted(set(values) - set(STAGE_KEYS))
+    unknown = sorted(set(net) - set(NET_KEYS)) + sorted(set(values) - set(STAGE_KEYS) - set(OVERRIDABLE))
     if unknown:
         raise DermaganError(f"params: unknown gan.stgan keys {unknown}; net keys: {list(NET_KEYS)}, "
-                            f"stage keys: {list(STAGE_KEYS)}")
+                            f"stage keys: {list(STAGE_KEYS)} (a stage may also override {list(OVERRIDABLE)})")
     conditional = bool(net.pop("conditional"))
     fixed_label = CLASSES.index(dx) if (conditional and dx is not None) else None
-    return StganConfig(**net, **values, image_size=int(section(params, "prepare", "image_size")),
+    return StganConfig(**{**net, **values}, image_size=int(section(params, "prepare", "image_size")),
                        num_classes=len(CLASSES) if conditional else None, fixed_label=fixed_label)
 
 
@@ -71,6 +81,17 @@ def _train_images(prepared: Path, dx: str | None) -> tuple[torch.Tensor, torch.T
 def _generator_file(trainer: StganTrainer, classes: list[str]) -> dict:
     return {"state_dict": trainer.G_ema.state_dict(), "config": asdict(trainer.cfg), "classes": classes,
             "generator": "fastgan", "label": trainer.cfg.fixed_label}
+
+
+def _discriminator_file(trainer: StganTrainer) -> dict:
+    """Stage 2's final D and what rebuilds it (``dermagan.experts`` uses it as a frozen class expert)."""
+    cfg, d = trainer.cfg, trainer.D
+    config = {"discriminator": cfg.discriminator, "image_size": cfg.image_size, "ndf": cfg.ndf,
+              "num_classes": cfg.num_classes, "feature_size": cfg.feature_size, "seed": cfg.seed,
+              "label": cfg.fixed_label}
+    if cfg.discriminator == "projected":
+        config.update(proj_channels=d.projection.widths[0], cmap_dim=d.discs[0].cmap_dim)
+    return {"D": d.state_dict(), "D_config": config}
 
 
 def run_stgan_base(params: dict, prepared: Path, out_dir: Path, checkpoint_dir: Path) -> dict:
@@ -97,7 +118,8 @@ def run_stgan_class(params: dict, dx: str, prepared: Path, base_dir: Path, out_d
     base_dir = Path(base_dir)
     init = stage_one_state(base_dir / BASE_FILE)
     base_info = json.loads((base_dir / BASE_INDEX).read_text())
-    stage1_cfg = {k: v for k, v in init["config"].items() if k in NET_KEYS or k in ("image_size", "num_classes")}
+    stage1_cfg = {k: v for k, v in init["config"].items()
+                  if (k in NET_KEYS and k not in OVERRIDABLE) or k in ("image_size", "num_classes")}
     mine = {k: v for k, v in asdict(cfg).items() if k in stage1_cfg}
     if mine != stage1_cfg:
         changed = sorted(k for k in stage1_cfg if stage1_cfg[k] != mine.get(k))
@@ -114,6 +136,6 @@ def run_stgan_class(params: dict, dx: str, prepared: Path, base_dir: Path, out_d
                             "stage1_run_id": base_info["run_id"], "discriminator": cfg.discriminator,
                             "frozen_d_tensors": len(trainer.frozen)}, stage="train_stgan")
     with atomic_dir(Path(out_dir)) as tmp:
-        torch.save(_generator_file(trainer, [dx]), tmp / f"{dx}.pt")
+        torch.save({**_generator_file(trainer, [dx]), **_discriminator_file(trainer)}, tmp / f"{dx}.pt")
         (tmp / "generators.json").write_text(json.dumps({dx: {**info, "file": f"{dx}.pt"}}, indent=2))
     return info

@@ -28,17 +28,17 @@ from dermagan.data.trainset import (
     write_extras,
 )
 from dermagan.errors import DermaganError
-from dermagan.gan.generate import synthetic_counts
+from dermagan.gan.generate import method_counts
 from dermagan.params import section
 from dermagan.stages.train import arm_settings
 from dermagan.validation.augmented import Holdout, extra_class_frame, extra_image_frame, validate_extras
 
 
-def extra_targets(params: dict, train: SplitArrays) -> dict[str, int]:
-    """Extra images per augmented class, from ``gan.classes`` and ``gan.amount``."""
-    cfg = section(params, "gan")
+def extra_targets(params: dict, train: SplitArrays, method: str | None = None) -> dict[str, int]:
+    """Extra images per augmented class, from ``gan.classes`` and ``gan.amount`` (and the tuned
+    ``gan.amount_tuned.<method>`` for a GAN method's images)."""
     real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(CLASSES)}
-    return synthetic_counts(real_counts, list(cfg["classes"]), cfg["amount"]["mode"], float(cfg["amount"]["value"]))
+    return method_counts(section(params, "gan"), real_counts, method)
 
 
 def gather_extras(source: ExtraSource, train: SplitArrays, targets: dict[str, int], synthetic_root: Path,
@@ -65,15 +65,21 @@ def gather_extras(source: ExtraSource, train: SplitArrays, targets: dict[str, in
 
 
 def run_validate_augmented(params: dict, arm: str, prepared: Path, synthetic_root: Path, out_dir: Path,
-                           report_dir: Path) -> dict:
-    """Check the arm's extras; on success write them to ``out_dir``; return the summary."""
-    source = parse_extra(arm_settings(params, arm).get("extra"))
+                           report_dir: Path, gan_root: Path | None = None) -> dict:
+    """Check the arm's extras; on success write them to ``out_dir``; return the summary.
+
+    An arm with ``experts`` also gets its frozen class-expert discriminators (``experts.pt``) in
+    ``out_dir``, read from ``gan_root`` (default: ``artifacts/gan`` beside ``synthetic_root``).
+    """
+    settings = arm_settings(params, arm)
+    source = parse_extra(settings.get("extra"))
+    experts = _class_experts(params, arm, settings, gan_root or Path(synthetic_root).parent / "gan")
     prepared = Path(prepared)
     train = read_split(prepared, "train")
     holdout_splits = [read_split(prepared, s) for s in ("val", "test")]
     holdout = Holdout.from_images(np.concatenate([s.image_ids for s in holdout_splits]),
                                   np.concatenate([s.images for s in holdout_splits]))
-    targets = extra_targets(params, train) if source.kind != "none" else {}
+    targets = extra_targets(params, train, source.method) if source.kind != "none" else {}
     rows, extras = gather_extras(source, train, targets, Path(synthetic_root), int(section(params, "gan", "seed")))
     images = extra_image_frame(rows, holdout)
     real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(CLASSES)}
@@ -97,9 +103,24 @@ def run_validate_augmented(params: dict, arm: str, prepared: Path, synthetic_roo
         raise DermaganError(f"augmented training set of arm '{arm}' failed validation; report and Data Docs "
                             f"in {failed_dir}/\n{report.summary_text()}")
     with atomic_dir(Path(out_dir)) as tmp:
-        write_extras(tmp, extras, {"arm": arm, "extra": source.label, "targets": targets,
-                                   "n_extra": len(extras)})
+        write_extras(tmp, extras, {"arm": arm, "extra": source.label, "targets": targets, "n_extra": len(extras),
+                                   **({"experts": experts.describe()} if experts is not None else {})})
+        if experts is not None:
+            from dermagan.experts import save_experts
+            save_experts(experts, tmp)
     if report_dir.exists():
         shutil.rmtree(report_dir)
     failed_dir.rename(report_dir)
     return summary
+
+
+def _class_experts(params: dict, arm: str, settings: dict, gan_root: Path):
+    """The arm's frozen class-expert discriminators (dermagan.experts), or None when it sets no ``experts``."""
+    if not settings.get("experts"):
+        return None
+    from dermagan.experts import collect_experts, parse_experts
+
+    bank = collect_experts(parse_experts(settings["experts"], f"arms.{arm}"), list(section(params, "gan", "classes")),
+                           Path(gan_root))
+    print(f"arm {arm}: class experts {list(bank.names)} from {Path(gan_root) / bank.method}")
+    return bank

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from dermagan.errors import DermaganError
 
 # target name -> "module:factory"; factory(config: dict) -> objective(trial, report) -> float
-TARGETS = {"classifier": "dermagan.tuning.classifier:make_objective"}
+TARGETS = {"classifier": "dermagan.tuning.classifier:make_objective", "gan": "dermagan.tuning.gan:make_objective"}
 PARENT_ATTR = "mlflow_parent_run_id"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_SETTLE_SECONDS = 2.0  # longer than a worker takes to create a parent run (see parent_run_id)
@@ -241,7 +241,10 @@ def optimize(cfg: StudyConfig, target: str, target_config: dict, parent: str, wo
 
 
 def _progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    best = study.best_value if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else None
+    try:
+        best = study.best_value  # the best feasible trial's value in a constrained study
+    except ValueError:  # no complete (feasible) trial yet
+        best = None
     value = f"{trial.value:.4f}" if trial.value is not None else "-"
     seconds = trial.user_attrs.get("seconds", 0.0)
     print(f"[tune {study.study_name}] trial {trial.number} {trial.state.name.lower()} value {value} "
@@ -302,7 +305,8 @@ def study_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
     trial_seconds = sum(t.user_attrs.get("seconds", 0.0) for t in trials)
     saved = sum(pruning_saved_seconds(t) for t in trials if t.state == TrialState.PRUNED)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = study.best_trial if complete else None
+    feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
+    best = study.best_trial if feasible else None  # Optuna's best trial is the best *feasible* one
     return {
         "study": cfg.name, "storage": _storage_label(cfg.storage), "direction": cfg.direction,
         "trials": len(trials), "states": {k: v for k, v in states.items() if v},
