@@ -238,3 +238,28 @@ def test_comparator_is_chosen_on_validation_not_test(tracking, tmp_path, compare
     markdown = run_compare(params, metrics_dir, tmp_path / "out2", predictions_dir)
     assert "effnet_other" in set(pd.read_csv(tmp_path / "out2" / "gan_vs_best.csv")["best_non_gan_arm"])
     assert "on the test split (no training histories given)" in markdown
+
+
+def test_compare_runs_pairs_an_arm_with_its_earlier_run(tmp_path):
+    from dermagan.stages.compare import run_compare_runs
+
+    y_true = _labels(10)
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        (folder / "m").mkdir(parents=True)
+    for seed in (0, 1):  # the re-trained arm misses far fewer class-3 images than its earlier run
+        _write_run(old / "m", old, "effnet_gan", seed, _predict(y_true, {3: 0.9}, seed))
+        _write_run(new / "m", new, "effnet_gan", seed, _predict(y_true, {3: 0.0}, seed))
+    params = {"train": {"seeds": [0, 1]}, "evaluate": {"bootstrap_samples": 200, "ci_level": 0.95, "seed": 0}}
+    doc = run_compare_runs(params, old, new, "effnet_gan", tmp_path / "verdict.json")
+    df = doc["metrics"][f"recall_{CLASSES[3]}"]
+    assert df["diff"] == pytest.approx(0.9) and df["verdict"] == "better"
+    assert doc["metrics"]["recall_" + CLASSES[4]]["verdict"] == "no difference shown"
+    assert json.loads((tmp_path / "verdict.json").read_text())["arm"] == "effnet_gan"
+    same = run_compare_runs(params, old, old, "effnet_gan")
+    assert all(r["diff"] == 0 for r in same["metrics"].values())
+    for seed in (0, 1):  # other test images (same classes): not a paired comparison
+        path = new / f"effnet_gan-s{seed}.csv"
+        path.write_text(path.read_text().replace("ISIC_0000000", "ISIC_9"))
+    with pytest.raises(DermaganError, match="different test images"):
+        run_compare_runs(params, old, new, "effnet_gan")

@@ -37,7 +37,8 @@ def shrunk_params() -> tuple[dict, dict, dict]:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     tuned = yaml.safe_load((REPO / params["tuned_params"]).read_text())
     # tuned GAN values: one shrunk stage-2 setting for df (the real study's values train for minutes)
-    tuned_gan = {"gan": {"stgan_tuned": {"df": {"total_images": 16, "barlow_weight": 0.2, "diffaugment_p": 0.8}},
+    tuned_gan = {"gan": {"stgan_tuned": {"df": {"total_images": 16, "barlow_weight": 0.2, "diffaugment_p": 0.8},
+                                         "vasc": {}},
                          "amount_tuned": {"stgan": {"df": 3}}}}
     params["prepare"].update(image_size=32, seed=1)
     params["validate"].update(min_class_count=1, min_class_share=0.0, max_class_share=1.0)
@@ -217,10 +218,15 @@ def test_second_repro_does_nothing_and_one_arm_change_reruns_only_it(project):
     status = run(["dvc", "status"], root, env).stdout
     assert "train@cnn-0" in status and "train@effnet-0" not in status and "evaluate@effnet-0" not in status
     assert "train_gan@dcgan" not in status and "train@cnn_dcgan-0" not in status
-    params["gan"]["stgan"]["per_class"]["df"]["total_images"] = 24  # one class's stage 2 only
+    params["gan"]["stgan"]["per_class"]["vasc"]["total_images"] = 24  # one class's stage 2 only
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status"], root, env).stdout
-    assert "train_stgan@df" in status and "train_stgan@vasc" not in status and "train_stgan_base" not in status
+    assert "train_stgan@vasc" in status and "train_stgan@df" not in status and "train_stgan_base" not in status
+    tuned_gan = yaml.safe_load((root / "params" / "tuned_gan.yaml").read_text())
+    tuned_gan["gan"]["stgan_tuned"]["df"]["barlow_weight"] = 0.3  # a tuned value of one class: only that class
+    (root / "params" / "tuned_gan.yaml").write_text(yaml.safe_dump(tuned_gan, sort_keys=False))
+    status = run(["dvc", "status"], root, env).stdout
+    assert "train_stgan@df" in status and "train_stgan_base" not in status
 
 
 def ensemble_combiner(root: Path) -> str:

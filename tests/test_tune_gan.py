@@ -18,7 +18,7 @@ from dermagan.classify.models import create_classifier
 from dermagan.constants import CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.errors import DermaganError
-from dermagan.gan.diffaugment import diff_augment
+from dermagan.gan.diffaugment import POLICIES, diff_augment
 from dermagan.gan.generate import method_counts
 from dermagan.params import load_params
 from dermagan.stages.domain_encoder import run_domain_encoder
@@ -128,7 +128,9 @@ def test_gan_study_runs_on_train_and_val_only_with_a_constraint_and_nested_runs(
     children = [r for r in runs if r.data.tags.get("stage") == "tune-trial"]
     assert len(parents) == 1 and len(children) == 2
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
-    assert all("probe/val_bal_acc" in c.data.metrics for c in children)
+    done = [c for c in children if c.data.tags["optuna_state"] == "COMPLETE"]
+    assert len(done) == len(complete) and all("probe/val_bal_acc" in c.data.metrics for c in done)
+    assert all("proxy/domain_fd" in c.data.metrics for c in children)  # pruned ones too
 
 
 def test_constraint_blocks_a_trial_that_lowers_val_balanced_accuracy(world, tmp_path):
@@ -163,6 +165,8 @@ def test_apply_writes_tuned_values_that_stage_two_and_the_counts_read(world, tmp
                                "diffaugment": "translation", "diffaugment_p": 0.7, "amount": 6}}
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "tuned.yaml").write_text(yaml.safe_dump({"train": {}}))
+    (tmp_path / "params" / "tuned_gan.yaml").write_text(  # as the repository ships it: nothing tuned yet
+        yaml.safe_dump({"gan": {"stgan_tuned": {"df": {}, "vasc": {}}, "amount_tuned": {}}}))
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     written = apply_best(path, load_params(path), "gan", summary)
@@ -185,7 +189,7 @@ def test_apply_writes_tuned_values_that_stage_two_and_the_counts_read(world, tmp
     own["gan"]["stgan"]["per_class"]["df"] = {"total_images": 8}
     path.write_text(yaml.safe_dump(own, sort_keys=False))
     with pytest.raises(DermaganError, match="per_class.df.total_images"):
-        load_params(path)
+        stgan_config(load_params(path), "stage2", "df")
     with pytest.raises(DermaganError, match="per_class.df.total_images"):
         apply_best(path, own, "gan", summary)
 
@@ -198,15 +202,16 @@ def test_stage2_overrides_map_the_shared_lr_and_drop_the_amount():
 def test_diffaugment_strength_one_is_unchanged_and_zero_is_identity():
     x = torch.rand(6, 3, 16, 16) * 2 - 1
 
-    def run(p=None):
+    def run(p):
         gen = torch.Generator().manual_seed(5)
-        out = diff_augment(x, "color,translation,cutout", gen) if p is None else \
-            diff_augment(x, "color,translation,cutout", gen, p)
-        return out, gen.get_state()
+        return diff_augment(x, "color,translation,cutout", gen, p), gen.get_state()
 
-    default, state = run()
+    by_hand, gen = x, torch.Generator().manual_seed(5)  # the ops alone, as before strength existed
+    for name in ("color", "translation", "cutout"):
+        for op in POLICIES[name]:
+            by_hand = op(by_hand, gen)
     one, state_one = run(1.0)
-    assert torch.equal(default, one) and torch.equal(state, state_one)  # p = 1 draws nothing extra
+    assert torch.equal(by_hand, one) and torch.equal(gen.get_state(), state_one)  # p = 1 draws nothing extra
     zero, _ = run(0.0)
     assert torch.equal(zero, x)
     half, _ = run(0.5)

@@ -51,6 +51,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
           f"[{test['bal_acc_ci_low']:.4f}, {test['bal_acc_ci_high']:.4f}]")
 
 
+def cmd_compare_runs(args: argparse.Namespace) -> None:
+    from dermagan.stages.compare import run_compare_runs
+
+    doc = run_compare_runs(load_params(args.params), args.baseline, args.candidate, args.arm, args.out,
+                           args.baseline_arm)
+    print(f"{args.arm}: {args.candidate} vs {args.baseline} ({len(doc['seeds'])} seeds, {doc['n_test']} test images, "
+          f"{doc['ci_level']:.0%} paired bootstrap CI)")
+    for metric, r in doc["metrics"].items():
+        print(f"  {metric:8s} {r['candidate_value']:.3f} vs {r['baseline_value']:.3f}: {r['diff']:+.3f} "
+              f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] {r['verdict']}")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from dermagan.stages.compare import run_compare
 
@@ -323,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roc", type=Path, help="ROC curves on a shared FPR grid (default: reports/roc/ARM-sSEED.csv)")
     p.add_argument("--reliability", type=Path,
                    help="reliability-diagram bins, non-empty only (default: reports/reliability/ARM-sSEED.csv)")
+
+    p = add("compare-runs", cmd_compare_runs,
+            "Paired bootstrap of an arm's test predictions against an earlier run of it (e.g. tuned vs default GAN "
+            "settings): the same statistic as compare, on the same test images, seeds paired.")
+    p.add_argument("--arm", required=True, help="arm whose <arm>-s<seed>.csv predictions are compared")
+    p.add_argument("--baseline", type=Path, required=True, help="folder with the earlier predictions")
+    p.add_argument("--candidate", type=Path, default=Path("reports/predictions"), help="default: %(default)s")
+    p.add_argument("--baseline-arm", help="arm name of the baseline files (default: --arm)")
+    p.add_argument("--out", type=Path, help="also write the verdicts as JSON here")
 
     p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
     p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))

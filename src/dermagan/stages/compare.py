@@ -181,3 +181,42 @@ def _log_to_mlflow(params: dict, folder: Path, per_arm: pd.DataFrame, verdicts: 
         mlflow.log_table(per_arm, "arms.json")
         if not verdicts.empty:
             mlflow.log_table(verdicts, "gan_vs_best.json")
+
+
+def run_compare_runs(params: dict, baseline_dir: Path, candidate_dir: Path, arm: str, out_json: Path | None = None,
+                     baseline_arm: str | None = None) -> dict:
+    """Paired bootstrap of one arm's test predictions against an earlier run of it (or another arm).
+
+    For a change that re-trains an arm in place (e.g. tuned GAN settings applied to ``effnet_stgan``):
+    keep the earlier ``reports/predictions/<arm>-s<seed>.csv`` files in ``baseline_dir``, re-run the
+    pipeline, and compare ``candidate_dir`` against them on the same test images, pairing seeds. The
+    same statistic as the compare stage (seed-averaged metric, percentile CI, verdict).
+    """
+    seeds = [int(s) for s in section(params, "train", "seeds")]
+    baseline_arm = baseline_arm or arm
+    y_base, base = read_predictions(Path(baseline_dir), [baseline_arm], seeds)
+    y_cand, cand = read_predictions(Path(candidate_dir), [arm], seeds)
+    first = [_read_prediction_file(Path(d) / f"{run_name(a, seeds[0])}.csv", "dvc repro")["image_id"]
+             for d, a in ((baseline_dir, baseline_arm), (candidate_dir, arm))]
+    if not (np.array_equal(y_base, y_cand) and first[0].equals(first[1])):
+        raise DermaganError(f"{candidate_dir} and {baseline_dir} hold different test images or classes; "
+                            "a paired comparison needs the same test split")
+    cfg = section(params, "evaluate")
+    labels = (f"{baseline_arm} (baseline: {baseline_dir})", f"{arm} ({candidate_dir})")
+    verdicts = gan_vs_best(y_cand, {labels[0]: base[baseline_arm], labels[1]: cand[arm]}, [labels[1]], CLASSES,
+                           int(cfg["bootstrap_samples"]), float(cfg["ci_level"]), int(cfg["seed"]))
+    verdicts = verdicts.rename(columns={"gan_arm": "candidate", "best_non_gan_arm": "baseline",
+                                        "gan_value": "candidate_value", "best_value": "baseline_value"})
+    document = {"arm": arm, "baseline_arm": baseline_arm, "baseline_dir": str(baseline_dir),
+                "candidate_dir": str(candidate_dir), "seeds": seeds, "n_test": int(len(y_cand)),
+                "ci_level": float(cfg["ci_level"]), "bootstrap_samples": int(cfg["bootstrap_samples"]),
+                "metrics": {r["metric"]: {k: r[k] for k in ("candidate_value", "baseline_value", "diff", "ci_low",
+                                                             "ci_high", "verdict")}
+                            for r in verdicts.to_dict("records")}}
+    if out_json is not None:
+        from dermagan.atomic import atomic_file
+        from dermagan.serialize import json_safe
+
+        with atomic_file(Path(out_json)) as tmp:
+            tmp.write_text(json.dumps(json_safe(document), indent=2))
+    return document

@@ -18,8 +18,8 @@ from dermagan.gan.generate import (
     load_generator,
     manifest_rows,
     read_generator_index,
+    method_counts,
     sample_images,
-    synthetic_counts,
     write_pngs,
 )
 from dermagan.params import section
@@ -32,7 +32,7 @@ def run_generate(params: dict, method: str, prepared: Path, gan_dir: Path, out_d
     cfg = section(params, "gan")
     train = read_split(prepared, "train")
     real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(CLASSES)}
-    wanted = synthetic_counts(real_counts, list(cfg["classes"]), cfg["amount"]["mode"], float(cfg["amount"]["value"]))
+    wanted = method_counts(cfg, real_counts, method)  # gan.amount, or gan.amount_tuned.<method>.<class>
     factor = float(cfg.get("candidates_factor", 1.0))
     if factor < 1:
         raise DermaganError(f"params: gan.candidates_factor must be >= 1, got {factor}")

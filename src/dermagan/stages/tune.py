@@ -197,6 +197,8 @@ def apply_gan(params_path: Path, params: dict, summary: dict) -> Path:
     gan = current.get("gan") or {}
     tuned = dict(gan.get(TUNED_BLOCK) or {})
     tuned[dx] = stage2
+    for other in section(params, "gan", "classes"):  # every class keeps an entry: dvc.yaml reads gan.stgan_tuned.<class>
+        tuned.setdefault(other, {})
     amounts = {m: dict(v or {}) for m, v in (gan.get("amount_tuned") or {}).items()}
     if AMOUNT in best:
         amounts.setdefault(method, {})[dx] = int(best[AMOUNT])

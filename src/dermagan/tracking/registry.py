@@ -90,10 +90,12 @@ def current_champion(client: MlflowClient, name: str) -> str | None:
 def best_version(client: MlflowClient, name: str) -> str:
     """The evaluated version (has ``test_bal_acc``) with the highest ``val_bal_acc``; newest wins ties.
 
-    Test scores play no part in the choice. Versions without a ``val_bal_acc`` tag are not candidates.
+    Test scores play no part in the choice. Versions without a ``val_bal_acc`` tag are not candidates,
+    nor are ensembles (tag ``kind=ensemble``): their weights were fitted on the same val split, so
+    their val score is optimistic; promote one by naming it (``--version``), behind the same test gate.
     """
     versions = [v for v in client.search_model_versions(f"name='{name}'")
-                if TEST_TAG in v.tags and SELECTION_TAG in v.tags]
+                if TEST_TAG in v.tags and SELECTION_TAG in v.tags and v.tags.get("kind") != "ensemble"]
     if not versions:
         raise DermaganError(f"no evaluated versions of '{name}' with a '{SELECTION_TAG}' tag in the registry; "
                             "run `dvc repro` first")
