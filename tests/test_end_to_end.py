@@ -24,7 +24,7 @@ from conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 PER_CLASS = 14
-ARMS = ("cnn", "effnet", "cnn_ros", "cnn_dcgan", "cnn_stgan", "effnet_experts")
+ARMS = ("cnn", "effnet", "cnn_ros", "cnn_dcgan", "cnn_stgan", "cnn_cyclegan", "effnet_experts")
 BIN = Path(sys.executable).parent
 
 
@@ -50,8 +50,9 @@ def shrunk_params() -> tuple[dict, dict, dict]:
     params["arms"] = {"cnn": {**cnn, "extra": None}, "effnet": params["arms"]["effnet"],
                       "cnn_ros": {**cnn, "extra": "oversample"}, "cnn_dcgan": {**cnn, "extra": "dcgan/dedup"},
                       "cnn_stgan": {**cnn, "extra": "stgan/dedup"},
+                      "cnn_cyclegan": {**cnn, "extra": "cyclegan/generated"},  # tiny GANs: dedup may keep < 4
                       "effnet_experts": {"extra": None, "experts": {"method": "stgan"}}}
-    params["gan"].update(methods=["dcgan", "stgan"], dcgan_methods=["dcgan"], classes=["df", "vasc"],
+    params["gan"].update(methods=["dcgan", "stgan", "cyclegan"], dcgan_methods=["dcgan"], classes=["df", "vasc"],
                          amount={"mode": "count", "value": 4}, ngf=8, ndf=8, batch_size=8, total_images=48,
                          ema_half_life_images=16, snapshot_every_images=24, checkpoint_every_images=24, grid_size=4)
     stgan = params["gan"]["stgan"]  # two-stage STGAN: stage 1 on all train images, stage 2 per class
@@ -60,6 +61,11 @@ def shrunk_params() -> tuple[dict, dict, dict]:
                            checkpoint_every_images=16)
     stgan["stage2"].update(ema_half_life_images=8, snapshot_every_images=8, checkpoint_every_images=8)
     stgan["per_class"] = {"df": {}, "vasc": {"total_images": 16}}
+    cyclegan = params["gan"]["cyclegan"]  # CycleGAN nv -> df / vasc, a few steps
+    cyclegan["classes"] = ["df", "vasc"]
+    cyclegan["net"].update(ngf=8, ndf=8, n_blocks=2, batch_size=4, snapshot_every_images=8,
+                           checkpoint_every_images=8, grid_size=4)
+    cyclegan["per_class"] = {"df": {"total_images": 8}, "vasc": {"total_images": 8}}
     params["fidelity"].update(feature_size=32, grid_images=3, nearest_examples=2)
     params["fidelity"]["domain_encoder"].update(epochs=1, batch_size=16)
     params["fidelity"]["cas"].update(epochs=1, seeds=[0])
@@ -80,7 +86,7 @@ def real_subset(source: Path, dest: Path) -> None:
 
 
 def run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -256,6 +262,12 @@ def test_tuned_gan_values_experts_arm_and_ensemble(project):
     assert weights.groupby(["combiner", "seed"])["weight"].sum().round(6).eq(1).all()
     assert set(weights["arm"]) == {"cnn", "effnet", "effnet_experts"}
     assert (root / "reports" / "ensemble_predictions" / "ensemble_stacked-s0.csv").is_file()
+    # CycleGAN: translations of nv train images, with their sources, scored for source leakage
+    manifest = pd.read_csv(root / "artifacts" / "synthetic" / "cyclegan" / "generated" / "manifest.csv")
+    splits = pd.read_csv(root / "artifacts" / "prepared" / "splits.csv").set_index("image_id")
+    assert set(splits.loc[manifest["source"], "split"]) == {"train"} and set(splits.loc[manifest["source"], "dx"]) == {"nv"}
+    leakage = json.loads((root / "metrics" / "fidelity" / "cyclegan.json").read_text())["classes"]["df"]["source_leakage"]
+    assert "generated" in leakage
 
 
 def _has_champion(env: dict) -> bool:

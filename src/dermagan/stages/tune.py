@@ -226,4 +226,6 @@ def apply_gan(params_path: Path, params: dict, summary: dict) -> Path:
 
 
 def _flow(value) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=True).strip().removesuffix("...").strip()
+    """One-line YAML flow mapping (never wrapped: it is written inside a block mapping)."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=True, width=float("inf")).strip().removesuffix(
+        "...").strip()
