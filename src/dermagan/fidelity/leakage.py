@@ -22,17 +22,7 @@ import numpy as np
 from scipy.spatial.distance import cdist
 
 from dermagan.errors import DermaganError
-
-_CHUNK_ENTRIES = 1 << 23  # ~64 MB of float64 distances per chunk
-
-
-def _features(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise DermaganError(f"{name}: expected a 2-D array (N, D), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise DermaganError(f"{name}: contains NaN or infinite values")
-    return x
+from dermagan.fidelity.memorisation import _CHUNK_ENTRIES, _features  # the same checks and chunking
 
 
 def source_distances(translated_features: np.ndarray, reference_features: np.ndarray,
