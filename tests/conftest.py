@@ -80,3 +80,16 @@ def oversize_jpeg(path: Path, width: int = 20000, height: int = 20000) -> Path:
     data[pos + 7:pos + 9] = width.to_bytes(2, "big")
     path.write_bytes(bytes(data))
     return path
+
+
+def params_file(folder: Path, **blocks: dict) -> Path:
+    """``folder/params.yaml``: the project's params completed as ``params_util.full_params`` does (tuned
+    values merged in, so no other file is needed), with ``blocks`` updating its blocks."""
+    import yaml
+
+    from params_util import full_params
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(full_params(blocks), sort_keys=False))
+    return path

@@ -14,19 +14,21 @@ from conftest import make_ham_folder
 from dermagan.constants import CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.data.prepared import read_split
-from dermagan.data.trainset import parse_extra, read_extras, with_extras
+from dermagan.data.trainset import parse_extra, read_extras, training_set, with_extras
 from dermagan.errors import DermaganError
 from dermagan.stages.validate_augmented import run_validate_augmented
+from params_util import make_config
 
 SIZE = 16
 
 
-def params_for(extra) -> dict:
-    return {"prepare": {"image_size": SIZE},
-            "gan": {"classes": ["df", "vasc"], "amount": {"mode": "count", "value": 3}, "seed": 0},
-            # an arm: `extra` plus recipe overrides (validate_augmented reads only `extra`)
-            "arms": {"arm": {"backbone": "simple_cnn", "pretrained": None, "augment": False,
-                             "class_weight_power": 0.0, "extra": extra}}}
+def params_for(extra):
+    return make_config({
+        "prepare": {"image_size": SIZE, "min_image_side": SIZE},
+        "gan": {"classes": ["df", "vasc"], "amount": {"mode": "count", "value": 3}, "seed": 0},
+        # an arm: `extra` plus recipe overrides (validate_augmented reads only `extra`)
+        "arms": {"arm": {"backbone": "simple_cnn", "pretrained": None, "augment": False,
+                         "class_weight_power": 0.0, "extra": extra}}})
 
 
 @pytest.fixture
@@ -58,6 +60,8 @@ def test_parse_extra_accepts_the_documented_forms_only():
                                                                            "cdcgan/dedup")
     with pytest.raises(DermaganError, match="arm extra"):
         parse_extra("dcgan/everything")
+    with pytest.raises(DermaganError, match=r"arms\.x\.extra = 'gan/dedup': 'gan' is not a GAN method; methods are \["):
+        parse_extra("gan/dedup", "arms.x.extra")  # the method must be one of dermagan.gan.methods.METHODS
 
 
 def test_synthetic_extras_take_first_n_per_class_and_train_with_them(prepared, tmp_path):
@@ -116,15 +120,12 @@ def test_validation_fails_and_writes_no_trainset(prepared, tmp_path, fault, chec
 
 
 def test_training_refuses_a_missing_or_mismatched_trainset(prepared, tmp_path):
-    from dermagan.stages.train import training_set
-
-    settings = params_for("dcgan/dedup")["arms"]["arm"]
     with pytest.raises(DermaganError, match="validate_augmented"):
-        training_set(settings, prepared, tmp_path / "nowhere")
+        training_set("dcgan/dedup", prepared, tmp_path / "nowhere")
     (tmp_path / "synthetic").mkdir()
     run_validate_augmented(params_for("oversample"), "arm", prepared, tmp_path / "synthetic",
                            tmp_path / "trainset", tmp_path / "report")
     with pytest.raises(DermaganError, match="oversample"):
-        training_set(settings, prepared, tmp_path / "trainset")
-    train, n_extra = training_set({**settings, "extra": None}, prepared, None)
+        training_set("dcgan/dedup", prepared, tmp_path / "trainset")
+    train, n_extra = training_set(None, prepared, None)
     assert n_extra == 0 and len(train) == len(read_split(prepared, "train"))

@@ -24,6 +24,7 @@ from dermagan.evaluate.compare import (
 )
 from dermagan.evaluate.metrics import classification_metrics
 from dermagan.stages.compare import run_compare
+from params_util import make_config
 
 N_CLASSES = len(CLASSES)
 # The shared recipe (params.yaml `train` + the tuned file, merged); arms are `extra` plus overrides.
@@ -136,6 +137,7 @@ def _write_run(metrics_dir: Path, predictions_dir: Path, arm: str, seed: int, y_
 
 @pytest.fixture
 def compare_inputs(tmp_path: Path) -> tuple[dict, Path, Path]:
+    """Metrics and predictions of two arms x two seeds, and the params a test changes (see make_config)."""
     assert sorted(RECIPE) == sorted(RECIPE_KEYS)
     metrics_dir, predictions_dir = tmp_path / "metrics", tmp_path / "predictions"
     metrics_dir.mkdir()
@@ -153,7 +155,7 @@ def compare_inputs(tmp_path: Path) -> tuple[dict, Path, Path]:
 def test_run_compare_end_to_end(tracking, tmp_path, compare_inputs):
     params, metrics_dir, predictions_dir = compare_inputs
     out = tmp_path / "reports" / "compare"
-    markdown = run_compare(params, metrics_dir, out, predictions_dir)
+    markdown = run_compare(make_config(params), metrics_dir, out, predictions_dir)
     for name in ("comparison.md", "comparison.png", "gan_vs_best.png", "arms.csv", "runs.csv",
                  "gan_vs_best.csv", "summary.json"):
         assert (out / name).is_file(), name
@@ -184,7 +186,7 @@ def test_missing_metrics_file_names_it(tmp_path, compare_inputs):
     params, metrics_dir, predictions_dir = compare_inputs
     (metrics_dir / "effnet_dcgan-s1.json").unlink()
     with pytest.raises(DermaganError, match=r"effnet_dcgan-s1\.json.*evaluate@effnet_dcgan-1"):
-        run_compare(params, metrics_dir, tmp_path / "out", predictions_dir)
+        run_compare(make_config(params), metrics_dir, tmp_path / "out", predictions_dir)
     assert not (tmp_path / "out").exists()
 
 
@@ -192,7 +194,7 @@ def test_an_arm_with_an_unknown_key_is_a_clear_error(tmp_path, compare_inputs):
     params, metrics_dir, predictions_dir = compare_inputs
     params = {**params, "arms": {**ARM_PARAMS, "effnet": {"class_weights": True, "extra": None}}}
     with pytest.raises(DermaganError, match=r"arms\.effnet sets unknown key\(s\) \['class_weights'\]"):
-        run_compare(params, metrics_dir, tmp_path / "out", predictions_dir)
+        run_compare(make_config(params), metrics_dir, tmp_path / "out", predictions_dir)
     assert not (tmp_path / "out").exists()
 
 
@@ -203,14 +205,14 @@ def test_test_images_must_match_across_runs(tmp_path, compare_inputs):
     frame.iloc[[0, 1]] = frame.iloc[[1, 0]].to_numpy()
     frame.to_csv(path, index=False)
     with pytest.raises(DermaganError, match="same test split"):
-        run_compare(params, metrics_dir, tmp_path / "out", predictions_dir)
+        run_compare(make_config(params), metrics_dir, tmp_path / "out", predictions_dir)
 
 
 def test_one_seed_and_no_gan_arm(tracking, tmp_path, compare_inputs):
     params, metrics_dir, predictions_dir = compare_inputs
     params = {**params, "arms": {"effnet": ARM_PARAMS["effnet"]}, "train": {**RECIPE, "seeds": [0]}}
     out = tmp_path / "out"
-    markdown = run_compare(params, metrics_dir, out, predictions_dir)
+    markdown = run_compare(make_config(params), metrics_dir, out, predictions_dir)
     summary = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)
     assert summary["arms"]["effnet"]["bal_acc_std"] is None
     assert summary["gan_vs_best"] == {}
@@ -230,12 +232,12 @@ def test_comparator_is_chosen_on_validation_not_test(tracking, tmp_path, compare
     for arm, values in val.items():
         for seed in (0, 1):
             pd.DataFrame({"epoch": [1, 2, 3], "val_bal_acc": values}).to_csv(histories / f"{arm}-s{seed}.csv", index=False)
-    markdown = run_compare(params, metrics_dir, tmp_path / "out", predictions_dir, histories)
+    markdown = run_compare(make_config(params), metrics_dir, tmp_path / "out", predictions_dir, histories)
     verdicts = pd.read_csv(tmp_path / "out" / "gan_vs_best.csv")
     assert set(verdicts["best_non_gan_arm"]) == {"effnet"}
     assert "chosen on validation, not on test" in markdown and "effnet 0.700" in markdown
     # the old rule (no histories) picks effnet_other, the arm that is best on test
-    markdown = run_compare(params, metrics_dir, tmp_path / "out2", predictions_dir)
+    markdown = run_compare(make_config(params), metrics_dir, tmp_path / "out2", predictions_dir)
     assert "effnet_other" in set(pd.read_csv(tmp_path / "out2" / "gan_vs_best.csv")["best_non_gan_arm"])
     assert "on the test split (no training histories given)" in markdown
 
@@ -251,15 +253,15 @@ def test_compare_runs_pairs_an_arm_with_its_earlier_run(tmp_path):
         _write_run(old / "m", old, "effnet_gan", seed, _predict(y_true, {3: 0.9}, seed))
         _write_run(new / "m", new, "effnet_gan", seed, _predict(y_true, {3: 0.0}, seed))
     params = {"train": {"seeds": [0, 1]}, "evaluate": {"bootstrap_samples": 200, "ci_level": 0.95, "seed": 0}}
-    doc = run_compare_runs(params, old, new, "effnet_gan", tmp_path / "verdict.json")
+    doc = run_compare_runs(make_config(params), old, new, "effnet_gan", tmp_path / "verdict.json")
     df = doc["metrics"][f"recall_{CLASSES[3]}"]
     assert df["diff"] == pytest.approx(0.9) and df["verdict"] == "better"
     assert doc["metrics"]["recall_" + CLASSES[4]]["verdict"] == "no difference shown"
     assert json.loads((tmp_path / "verdict.json").read_text())["arm"] == "effnet_gan"
-    same = run_compare_runs(params, old, old, "effnet_gan")
+    same = run_compare_runs(make_config(params), old, old, "effnet_gan")
     assert all(r["diff"] == 0 for r in same["metrics"].values())
     for seed in (0, 1):  # other test images (same classes): not a paired comparison
         path = new / f"effnet_gan-s{seed}.csv"
         path.write_text(path.read_text().replace("ISIC_0000000", "ISIC_9"))
     with pytest.raises(DermaganError, match="different test images"):
-        run_compare_runs(params, old, new, "effnet_gan")
+        run_compare_runs(make_config(params), old, new, "effnet_gan")

@@ -19,8 +19,10 @@ from dermagan.cli import main
 from dermagan.constants import CLASSES
 from dermagan.data.prepared import SplitArrays, read_split_table, write_split
 from dermagan.errors import DermaganError
-from dermagan.stages.cv import fold_train_set, run_cv
+from dermagan.stages.cv import run_cv
 from dermagan.tuning.classifier import folds
+from dermagan.tuning.cv import fold_train_set
+from params_util import full_params, make_config
 
 torch.set_num_threads(1)
 
@@ -49,18 +51,19 @@ def write_prepared(root: Path, per_class: dict[str, int] | None = None, seed: in
 
 
 def make_params(lr: float = 3e-3) -> dict:
+    """What these tests change in params.yaml (see make_config)."""
     train = {"pretrained": None, "patience": 100, "step_size": 1, "gamma": 0.5, "temperature_scaling": False,
              "seeds": [0], "device": "cpu", "max_batches_per_epoch": 2, "backbone": "simple_cnn", "epochs": 1,
              "batch_size": 16, "lr": lr, "weight_decay": 0.0, "lr_schedule": "none", "warmup_epochs": 0.0,
              "label_smoothing": 0.0, "class_weight_power": 0.0, "sampler": "shuffle", "augment": False,
              "augment_strength": 0.0, "dropout": 0.0, "drop_path": 0.0, "tta": "none"}
     return {
-        "prepare": {"image_size": SIZE},
+        "prepare": {"image_size": SIZE, "min_image_side": SIZE},
         "train": train,
         "augment": {"hflip": True, "vflip": True, "rot90": True, "rotation_degrees": 30, "crop_scale": [0.6, 1.0],
                     "brightness": 0.2, "contrast": 0.2, "saturation": 0.2},
         "arms": {"cnn": {"extra": None}, "cnn_ros": {"extra": "oversample"},
-                 "cnn_gan": {"extra": "stgan/dedup"}, "cnn_experts": {"extra": None, "experts": ["df", "vasc"]}},
+                 "cnn_gan": {"extra": "stgan/dedup"}, "cnn_experts": {"extra": None, "experts": {"method": "stgan"}}},
         "gan": {"classes": ["df", "vasc"], "amount": {"mode": "count", "value": 5}, "seed": 0},
         "mlflow": {"experiment": "cv-test"},
         "cv": {"folds": K, "seed": 0},
@@ -94,9 +97,9 @@ def test_folds_never_share_a_lesion_and_every_image_is_validated_once(prepared):
 
 
 def test_oversample_copies_come_from_the_folds_train_part_only(prepared):
-    params = make_params()
+    gan = make_config(make_params()).gan.plain()
     for f, (train, val) in enumerate(folds(prepared, "kfold", K, seed=0)):
-        full = fold_train_set(params, "oversample", f, train)
+        full = fold_train_set(train, "oversample", gan)
         assert len(full) == len(train) + 10  # 5 copies of df and of vasc
         assert np.array_equal(full.images[: len(train)], train.images)  # the real part is unchanged
         copies = full.image_ids[len(train):].astype(str)
@@ -111,11 +114,11 @@ def test_oversample_copies_come_from_the_folds_train_part_only(prepared):
             assert full.labels[len(train) + k] == train.labels[j]
         counts = np.bincount(full.labels[len(train):], minlength=len(CLASSES))
         assert counts[CLASSES.index("df")] == counts[CLASSES.index("vasc")] == 5 and counts.sum() == 10
-        assert fold_train_set(params, None, f, train) is train
+        assert fold_train_set(train, None, gan) is train
 
 
 def test_gan_and_expert_arms_are_refused_before_any_data_is_read(tmp_path):
-    params = make_params()
+    params = make_config(make_params())
     missing = tmp_path / "nothing-here"
     with pytest.raises(DermaganError, match=r"arm 'cnn_gan' trains on GAN images .*stgan/dedup.*whole train "
                                             r"split.*validation folds"):
@@ -129,7 +132,7 @@ def test_gan_and_expert_arms_are_refused_before_any_data_is_read(tmp_path):
 
 
 def test_cv_writes_the_report_and_a_parent_run_with_nested_fold_runs(prepared, tracking, tmp_path, capsys):
-    summary = run_cv(make_params(), "cnn", prepared, checkpoints=tmp_path / "checkpoints")
+    summary = run_cv(make_config(make_params()), "cnn", prepared, checkpoints=tmp_path / "checkpoints")
     out = tmp_path / "reports" / "cv" / f"cnn-k{K}"  # default: reports/cv/<arm>-k<K> (cwd is tmp_path)
     table = pd.read_csv(out / "folds.csv")
     assert list(table["fold"]) == list(range(K))
@@ -171,7 +174,7 @@ def test_cv_writes_the_report_and_a_parent_run_with_nested_fold_runs(prepared, t
 
 
 def test_a_stopped_run_resumes_and_skips_finished_folds(prepared, tracking, tmp_path, capsys):
-    params, checkpoints, out = make_params(), tmp_path / "checkpoints", tmp_path / "report"
+    params, checkpoints, out = make_config(make_params()), tmp_path / "checkpoints", tmp_path / "report"
     resume = checkpoints / "cv" / f"cnn_ros-k{K}"
     partial = run_cv(params, "cnn_ros", prepared, out, checkpoints, max_folds=1)
     assert not partial["complete"] and partial["finished_folds"] == 1 and not out.exists()
@@ -180,7 +183,7 @@ def test_a_stopped_run_resumes_and_skips_finished_folds(prepared, tracking, tmp_
     assert fold0["n_extra"] == 10 and fold0["fold"] == 0
 
     # another configuration: the finished fold is not reused
-    changed = make_params(lr=1e-3)
+    changed = make_config(make_params(lr=1e-3))
     run_cv(changed, "cnn_ros", prepared, out, checkpoints, max_folds=1)
     assert "another configuration (changed: ['recipe'])" in capsys.readouterr().out
     assert json.loads((resume / "fold0.json").read_text())["seconds"] != fold0["seconds"]
@@ -192,7 +195,7 @@ def test_a_stopped_run_resumes_and_skips_finished_folds(prepared, tracking, tmp_
     # the command line continues it (reads params from a file, like `dermagan cv --arm ... --folds ...`)
     import yaml
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full_params(make_params())))
     code = main(["cv", "--params", str(tmp_path / "params.yaml"), "--arm", "cnn_ros", "--folds", str(K),
                  "--prepared", str(prepared), "--out", str(out), "--checkpoints", str(checkpoints)])
     assert code == 0
@@ -226,7 +229,7 @@ def test_a_killed_run_keeps_its_finished_folds(prepared, tmp_path):
 
     import yaml
 
-    params = make_params()
+    params = full_params(make_params())
     params["train"]["epochs"] = 30  # a few seconds per fold, so the kill lands inside one
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1",

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import make_ham_folder, textured_image
+from params_util import make_config
 from dermagan.cli import build_parser
 from dermagan.constants import CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
@@ -34,11 +35,11 @@ from dermagan.gan.cyclegan import (
     lsgan_generator_loss,
     translate,
 )
+from dermagan.gan.runs import GENERATOR_MODEL
 from dermagan.gan.train import resume_gan, train_gan
 from dermagan.stages.fidelity import run_fidelity
 from dermagan.stages.generate import run_generate
-from dermagan.stages.train_cyclegan import cyclegan_config, run_train_cyclegan
-from dermagan.stages.train_gan import GENERATOR_MODEL
+from dermagan.stages.train_cyclegan import run_train_cyclegan
 from dermagan.tracking.setup import configure
 
 SIZE = 32
@@ -187,6 +188,7 @@ def test_source_leakage_flags_a_planted_copy_and_not_random_images():
 
 # --- the stages -----------------------------------------------------------------------------------
 def cyclegan_params() -> dict:
+    """The test's params blocks (``make_config`` completes them from params.yaml)."""
     return {
         "prepare": {"image_size": SIZE},
         "train": {"device": "cpu"},
@@ -202,12 +204,20 @@ def cyclegan_params() -> dict:
 
 def test_config_errors_name_the_field():
     params = cyclegan_params()
-    assert cyclegan_config(params, "vasc").lambda_identity == 0.0 and cyclegan_config(params, "df").image_size == SIZE
+    cfg = make_config(params)
+    assert cfg.cyclegan_config("vasc").lambda_identity == 0.0 and cfg.cyclegan_config("df").image_size == SIZE
+    with pytest.raises(DermaganError, match="class 'akiec' is not in params gan.classes"):
+        cfg.cyclegan_config("akiec")
+    params["gan"]["classes"] = ["df", "vasc", "akiec"]
     with pytest.raises(DermaganError, match="gan.cyclegan.per_class has no entry for class 'akiec'"):
-        cyclegan_config(params, "akiec")
+        make_config(params).cyclegan_config("akiec")
+    params["gan"]["cyclegan"]["classes"] = ["df", "vasc", "akiec"]
+    with pytest.raises(DermaganError, match="gan.cyclegan.per_class has no entry for class 'akiec'"):
+        make_config(params)  # a class the pipeline trains is checked when params are loaded
+    params = cyclegan_params()
     params["gan"]["cyclegan"]["per_class"]["df"]["ngf_typo"] = 3
     with pytest.raises(DermaganError, match=r"unknown gan.cyclegan keys \['ngf_typo'\]"):
-        cyclegan_config(params, "df")
+        make_config(params).cyclegan_config("df")
     args = build_parser().parse_args(["generate", "--method", "cyclegan", "--gan-dir", "g", "--out", "o"])
     assert args.method == "cyclegan"
     assert build_parser().parse_args(["train-cyclegan", "--class", "df", "--out", "o"]).dx == "df"
@@ -221,12 +231,12 @@ def prepared(tmp_path, tracking) -> Path:
 
 
 def test_train_cyclegan_reads_train_only_registers_and_generates_with_sources(prepared, tmp_path):
-    params = cyclegan_params()
+    cfg = make_config(cyclegan_params())
     train = read_split(prepared, "train")
     for name in ("val.npz", "test.npz", "splits.csv"):  # the stage may only need train.npz
         (prepared / name).unlink()
     gan_dir = tmp_path / "gan" / "cyclegan"
-    infos = {dx: run_train_cyclegan(params, dx, prepared, gan_dir / dx, tmp_path / "ckpt") for dx in ("df", "vasc")}
+    infos = {dx: run_train_cyclegan(cfg, dx, prepared, gan_dir / dx, tmp_path / "ckpt") for dx in ("df", "vasc")}
     assert not list((tmp_path / "ckpt").rglob("*.pt")), "checkpoints are removed after a finished run"
     saved = torch.load(gan_dir / "df" / "df.pt", weights_only=True)
     assert saved["generator"] == "cyclegan" and saved["source_class"] == "nv" and saved["config"]["total_images"] == 8
@@ -245,14 +255,14 @@ def test_train_cyclegan_reads_train_only_registers_and_generates_with_sources(pr
     assert run.data.tags["stage"] == "train_cyclegan"
     assert any(a.path.startswith("images") for a in client.list_artifacts(run.info.run_id)), "sample grids"
 
-    manifest = run_generate(params, "cyclegan", prepared, gan_dir, tmp_path / "synthetic")
+    manifest = run_generate(cfg, "cyclegan", prepared, gan_dir, tmp_path / "synthetic")
     assert manifest["class"].value_counts().to_dict() == {"df": 3, "vasc": 3}
     nv_ids = set(train.image_ids[train.labels == CLASSES.index("nv")].astype(str))
     assert set(manifest["source"]) <= nv_ids
     assert all(group["source"].is_unique for _, group in manifest.groupby("class"))
     written = pd.read_csv(tmp_path / "synthetic" / "manifest.csv")
     assert list(written.columns) == ["file", "class", "generator_version", "seed", "latent_index", "source"]
-    again = run_generate(params, "cyclegan", prepared, gan_dir, tmp_path / "synthetic2")
+    again = run_generate(cfg, "cyclegan", prepared, gan_dir, tmp_path / "synthetic2")
     assert again.equals(manifest)
     for file in manifest["file"]:
         assert (tmp_path / "synthetic" / file).read_bytes() == (tmp_path / "synthetic2" / file).read_bytes()
@@ -302,11 +312,12 @@ def test_fidelity_stage_adds_source_leakage_and_flags_a_planted_copy(tmp_path, t
         (tmp_path / "gan" / dx / "generators.json").write_text(json.dumps({dx: index[dx]}))
     model, _ = train_domain_encoder(train.images, train.labels, len(CLASSES), epochs=1, batch_size=8, progress=False)
     save_encoder(model, tmp_path / "encoder" / "encoder.pt")
-    params = {"gan": {"classes": ["df", "vasc"], "experiment": "gan-test"}, "train": {"device": "cpu"},
-              "fidelity": {"feature_size": 32, "knn_k": 3, "seed": 0, "grid_images": 2, "nearest_examples": 2,
-                           "cas": {"epochs": 1, "batch_size": 8, "lr": 0.002, "seeds": [0]},
-                           "two_sample": {"folds": 2, "bootstrap_samples": 5}}}
-    document = run_fidelity(params, "cyclegan", prepared, root, tmp_path / "report", tmp_path / "gan",
+    cfg = make_config({"gan": {"classes": ["df", "vasc"], "experiment": "gan-test"}, "train": {"device": "cpu"},
+                          "fidelity": {"feature_size": 32, "knn_k": 3, "seed": 0, "grid_images": 2,
+                                       "nearest_examples": 2,
+                                       "cas": {"epochs": 1, "batch_size": 8, "lr": 0.002, "seeds": [0]},
+                                       "two_sample": {"folds": 2, "bootstrap_samples": 5}}})
+    document = run_fidelity(cfg, "cyclegan", prepared, root, tmp_path / "report", tmp_path / "gan",
                             tmp_path / "fidelity.json", tmp_path / "plots", domain_encoder=tmp_path / "encoder")
     leak = document["classes"]["df"]["source_leakage"]
     assert set(leak) == {"dedup", "generated"} and leak["dedup"]["source_class"] == "nv"

@@ -163,6 +163,55 @@ def test_freeze_blocks_keeps_named_parameters_fixed(frozen_net, kind, k):
         D.freeze_blocks(D.num_blocks() + 1)
 
 
+def _downblock(prefix: str) -> list[str]:
+    return [f"{prefix}.conv.parametrizations.weight.original", f"{prefix}.norm.weight", f"{prefix}.norm.bias"]
+
+
+def _block_comp(prefix: str) -> list[str]:
+    return [f"{prefix}.{name}" for name in (
+        "main.0.parametrizations.weight.original", "main.1.weight", "main.1.bias",
+        "main.3.parametrizations.weight.original", "main.4.weight", "main.4.bias",
+        "direct.1.parametrizations.weight.original", "direct.2.weight", "direct.2.bias")]
+
+
+# What each D's own freeze_blocks froze before Freeze-D became one mechanism (recorded with that code).
+FROZEN_BEFORE = {
+    ("projected", 64, None, 1): [n for i in range(4) for n in _downblock(f"discs.{i}.blocks.0")],
+    ("projected", 64, None, 2): [*_downblock("discs.0.blocks.0"), *_downblock("discs.0.blocks.1"),
+                                 *(n for i in (1, 2, 3) for n in _downblock(f"discs.{i}.blocks.0"))],
+    ("projected", 64, 3, 1): [n for i in range(4) for n in _downblock(f"discs.{i}.blocks.0")],
+    ("projected", 32, None, 1): [n for i in range(4) for n in _downblock(f"discs.{i}.blocks.0")],
+    ("fastgan", 32, None, 1): ["blocks.0.0.parametrizations.weight.original"],
+    ("fastgan", 32, 3, 3): ["blocks.0.0.parametrizations.weight.original", *_block_comp("blocks.1"),
+                            *_block_comp("blocks.2")],
+    ("fastgan", 64, None, 2): ["blocks.0.0.parametrizations.weight.original", *_block_comp("blocks.1")],
+}
+# (number of Freeze-D blocks, trainable tensors after freezing) recorded with the same code
+COUNTS_BEFORE = {("projected", 64, None, 1): (2, 7), ("projected", 64, None, 2): (2, 4),
+                 ("projected", 64, 3, 1): (2, 19), ("projected", 32, None, 1): (1, 4),
+                 ("fastgan", 32, None, 1): (3, 30), ("fastgan", 32, 3, 3): (3, 13), ("fastgan", 64, None, 2): (4, 36)}
+
+
+@pytest.mark.parametrize("kind,size,num_classes,k", list(FROZEN_BEFORE), ids=lambda v: str(v))
+def test_freeze_d_is_one_mechanism_and_freezes_what_each_d_froze_before(frozen_net, kind, size, num_classes, k):
+    from dermagan.gan.freeze import FreezeDMixin
+
+    if kind == "projected":
+        D = ProjectedDiscriminator(size, num_classes=num_classes, feature_net=frozen_net, **PROJ)
+    else:
+        D = FastGanDiscriminator(size, num_classes=num_classes, feature_net=frozen_net, **SMALL)
+    assert isinstance(D, FreezeDMixin)
+    for name in ("freeze_blocks", "num_blocks", "requires_grad_", "trainable_parameters"):
+        assert getattr(type(D), name) is getattr(FreezeDMixin, name), f"{type(D).__name__} overrides {name}"
+    names = D.freeze_blocks(k)
+    assert names == FROZEN_BEFORE[(kind, size, num_classes, k)]
+    D.requires_grad_(True)
+    always = ("features.", "projection.", "perceptual.")
+    fixed = [n for n, p in D.named_parameters() if not p.requires_grad and not n.startswith(always)]
+    assert sorted(fixed) == sorted(names)
+    assert (D.num_blocks(), sum(1 for _ in D.trainable_parameters())) == COUNTS_BEFORE[(kind, size, num_classes, k)]
+
+
 def test_fastgan_aux_loss_trains_the_decoders(frozen_net):
     D = FastGanDiscriminator(64, feature_net=frozen_net, **SMALL)
     loss = D.aux_loss(images(64), torch.Generator().manual_seed(0))

@@ -206,7 +206,7 @@ def test_auc_from_scores_matches_scikit_learn():
 def test_nearest_train_distances_matches_brute_force_across_chunks(monkeypatch):
     import dermagan.fidelity.memorisation as memorisation
 
-    monkeypatch.setattr(memorisation, "_CHUNK_ENTRIES", 100)  # several chunks of 2 queries
+    monkeypatch.setattr(memorisation, "CHUNK_ENTRIES", 100)  # several chunks of 2 queries
     rng = np.random.default_rng(4)
     query, train = rng.normal(size=(9, 5)), rng.normal(size=(50, 5))
     brute = np.sqrt(((query[:, None, :] - train[None, :, :]) ** 2).sum(-1)).min(1)

@@ -35,15 +35,18 @@ from dermagan.ensemble.weights import (
     mixture_log_likelihood,
     stacked_weights,
 )
+from dermagan.classify.artifact import load_trained
+from dermagan.config import build_config, load_params
+from dermagan.ensemble.fit import COMBINERS
 from dermagan.errors import DermaganError
 from dermagan.stages.compare import read_predictions
-from dermagan.stages.ensemble import COMBINERS, run_ensemble
-from dermagan.stages.evaluate import load_trained
+from dermagan.stages.ensemble import run_ensemble
 from dermagan.tracking.registry import current_champion, load_test_predictions, promote
 from dermagan.tracking.setup import configure
 
 torch.set_num_threads(1)
 
+REPO = Path(__file__).resolve().parents[1]
 NAME = "dermagan-classifier-ensemble-test"
 SIZE = 16
 ARMS = ("untrained", "left", "right")
@@ -181,13 +184,16 @@ def save_member(models_dir: Path, arm: str, seed: int, train: SplitArrays) -> No
                                                     "version": f"{ARMS.index(arm) + 1}{seed}"}))
 
 
-def make_params(root: Path) -> dict:
-    return {"arms": {arm: {"extra": None} for arm in ARMS},
-            "train": {"seeds": list(SEEDS), "device": "cpu"},
-            "evaluate": {"bootstrap_samples": 300, "ci_level": 0.95, "seed": 0, "batch_size": 64,
-                         "calibration_bins": 10},
-            "mlflow": {"experiment": "ensemble-test", "registered_model": NAME},
-            "ensemble": {"register": "auto", "stacking": {"iters": 500, "tol": 1e-10}}}
+def make_params(root: Path):
+    """The repository's params.yaml with these arms, seeds, evaluation and MLflow settings."""
+    params = load_params(REPO / "params.yaml")
+    params.update({"arms": {arm: {"extra": None} for arm in ARMS},
+                   "evaluate": {"bootstrap_samples": 300, "ci_level": 0.95, "seed": 0, "batch_size": 64,
+                                "calibration_bins": 10},
+                   "mlflow": {"experiment": "ensemble-test", "registered_model": NAME},
+                   "ensemble": {"register": "auto", "stacking": {"iters": 500, "tol": 1e-10}}})
+    params["train"] = {**params["train"], "seeds": list(SEEDS), "device": "cpu"}
+    return build_config(params)
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +238,7 @@ def test_stage_writes_reports_predictions_and_metrics(world):
     # per-combiner per-seed test predictions, in the evaluate stage's format (the compare stage reads them)
     names = [f"ensemble_{c}" for c in COMBINERS]
     assert sorted(p.name for p in (root / "predictions").iterdir()) == sorted(
-        f"{n}-s{s}.csv" for n in names for s in SEEDS)
+        [".dermagan-output", *(f"{n}-s{s}.csv" for n in names for s in SEEDS)])  # + the output marker
     columns = pd.read_csv(root / "predictions" / "ensemble_bma-s0.csv").columns
     assert list(columns) == ["image_id", "actual", "predicted"]
     y_true, predicted = read_predictions(root / "predictions", names, list(SEEDS))
@@ -379,9 +385,12 @@ def test_promote_treats_the_ensemble_version_like_any_other(world, tmp_path, cap
         assert decision.promoted == (decision.ci_high >= 0)
 
         promote(client, NAME, torch_version, force=True, **gate)
-        params = tmp_path / "params.yaml"
-        params.write_text(yaml.safe_dump({"mlflow": {"experiment": "ensemble-test"},
-                                          "evaluate": {"bootstrap_samples": 300, "ci_level": 0.95, "seed": 0}}))
+        params = tmp_path / "params.yaml"  # the repository's params (tuned values inlined), this experiment
+        full = {k: v for k, v in load_params(REPO / "params.yaml").items()
+                if k not in ("tuned", "tuned_params", "tuned_gan_params")}
+        full["mlflow"] = {**full["mlflow"], "experiment": "ensemble-test"}
+        full["evaluate"] = {**full["evaluate"], "bootstrap_samples": 300, "ci_level": 0.95, "seed": 0}
+        params.write_text(yaml.safe_dump(full))
         assert cli.main(["promote", "--name", NAME, "--version", ens, "--force", "--params", str(params)]) == 0
         assert f"promoted v{ens} over v{torch_version} with --force" in capsys.readouterr().out
         assert current_champion(client, NAME) == ens

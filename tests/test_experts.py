@@ -16,6 +16,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from conftest import make_ham_folder
+from dermagan.classify.artifact import load_trained
 from dermagan.classify.inference import predict_logits
 from dermagan.classify.models import create_classifier
 from dermagan.classify.train import Trainer, TrainConfig
@@ -34,10 +35,11 @@ from dermagan.experts import (
 from dermagan.experts.bank import read_stgan_discriminator
 from dermagan.gan.generate import load_generator, sample_images
 from dermagan.gan.projected import FrozenEfficientNetLite0, ProjectedDiscriminator
-from dermagan.stages.evaluate import load_trained
-from dermagan.stages.train import arm_recipe, run_train
+from dermagan.outputs import MARKER
+from dermagan.stages.train import run_train
 from dermagan.stages.train_stgan import run_stgan_base, run_stgan_class
 from dermagan.stages.validate_augmented import run_validate_augmented
+from params_util import make_config
 
 torch.set_num_threads(1)  # on a shared 2-core machine two BLAS threads spin and run far slower
 
@@ -169,22 +171,18 @@ def test_bad_settings_name_the_field():
         parse_experts({"method": "stgan", "layers": 2}, "arms.x")
     with pytest.raises(DermaganError, match="arms.x.experts.classes"):
         parse_experts({"method": "stgan", "classes": ["melanoma"]}, "arms.x")
-    params = {"train": {k: 0 for k in ("backbone", "pretrained", "epochs", "batch_size", "lr", "weight_decay",
-                                       "lr_schedule", "warmup_epochs", "step_size", "gamma", "patience",
-                                       "label_smoothing", "class_weight_power", "sampler", "augment",
-                                       "augment_strength", "dropout", "drop_path", "tta", "temperature_scaling")},
-              "arms": {"plain": {"extra": None}, "experts": {"extra": None, "experts": {"method": "stgan"}}}}
-    assert arm_recipe(params, "experts") == arm_recipe(params, "plain")  # the recipe never sees `experts`
+    cfg = make_config({"arms": {"plain": {"extra": None}, "experts": {"extra": None, "experts": {"method": "stgan"}}}})
+    assert cfg.recipe("experts") == cfg.recipe("plain")  # the recipe never sees `experts`
 
 
 # --- the stages: STGAN stage 2 keeps D, validate_augmented copies it, train and evaluate use it ----------
-def stgan_params() -> dict:
+def experts_config():
     recipe = {"backbone": "tf_efficientnet_lite0", "pretrained": "package", "epochs": 1, "batch_size": 8, "lr": 1e-3,
               "weight_decay": 1e-4, "lr_schedule": "onecycle", "warmup_epochs": 0.5, "step_size": 1, "gamma": 0.5,
               "patience": 1, "label_smoothing": 0.0, "class_weight_power": 1.0, "sampler": "shuffle",
               "augment": True, "augment_strength": 0.5, "dropout": 0.2, "drop_path": 0.0, "tta": "hflip",
               "temperature_scaling": True}
-    return {
+    return make_config({
         "prepare": {"image_size": SIZE},
         "train": {**recipe, "device": "cpu", "max_batches_per_epoch": 2, "seeds": [0]},
         "augment": {"hflip": True, "vflip": True, "rot90": True, "rotation_degrees": 30, "crop_scale": [0.6, 1.0],
@@ -204,7 +202,7 @@ def stgan_params() -> dict:
                                      "barlow_lambda": 0.0051, "snapshot_every_images": 4,
                                      "checkpoint_every_images": 4},
                           "per_class": {"df": {"total_images": 4}, "vasc": {"total_images": 4}}}},
-    }
+    })
 
 
 @pytest.fixture(scope="module")
@@ -214,15 +212,15 @@ def pipeline(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)
-        params = stgan_params()
+        cfg = experts_config()
         raw = make_ham_folder(root / "raw", per_class=8)
         prepare_dataset(raw, root / "prepared", root / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0))
         gan = root / "gan" / "stgan"
-        run_stgan_base(params, root / "prepared", gan / "base", root / "ckpt")
+        run_stgan_base(cfg, root / "prepared", gan / "base", root / "ckpt")
         for dx in ("df", "vasc"):
-            run_stgan_class(params, dx, root / "prepared", gan / "base", gan / dx, root / "ckpt")
+            run_stgan_class(cfg, dx, root / "prepared", gan / "base", gan / dx, root / "ckpt")
         (root / "synthetic").mkdir()
-        yield root, params
+        yield root, cfg
 
 
 def test_stage_two_file_holds_its_discriminator_and_still_loads_for_generation(pipeline):
@@ -243,14 +241,14 @@ def test_stage_two_file_holds_its_discriminator_and_still_loads_for_generation(p
 
 
 def test_validate_augmented_copies_the_experts_for_an_experts_arm_only(pipeline):
-    root, params = pipeline
+    root, cfg = pipeline
     out = {}
     for arm in ("plain", "class_experts"):
-        run_validate_augmented(params, arm, root / "prepared", root / "synthetic", root / "trainsets" / arm,
+        run_validate_augmented(cfg, arm, root / "prepared", root / "synthetic", root / "trainsets" / arm,
                                root / "reports" / arm)
         out[arm] = root / "trainsets" / arm
     plain_files = sorted(p.name for p in out["plain"].iterdir())
-    assert plain_files == ["extra.csv", "extra_images.npy", "extra_labels.npy", "spec.json"]
+    assert plain_files == [MARKER, "extra.csv", "extra_images.npy", "extra_labels.npy", "spec.json"]  # + output marker
     assert json.loads((out["plain"] / "spec.json").read_text()) == {"arm": "plain", "extra": "none", "targets": {},
                                                                      "n_extra": 0}
     assert sorted(p.name for p in out["class_experts"].iterdir()) == sorted([*plain_files, EXPERTS_FILE])
@@ -272,17 +270,17 @@ def test_validate_augmented_copies_the_experts_for_an_experts_arm_only(pipeline)
     with pytest.raises(DermaganError, match="asks for"):
         load_experts(out["class_experts"], parse_experts({"method": "stgan", "classes": ["df"]}), "class_experts")
     with pytest.raises(DermaganError, match="validate_augmented@plain"):
-        build_expert_classifier(arm_recipe(params, "plain"), CLASSES, SIZE, {"method": "stgan"}, out["plain"],
+        build_expert_classifier(cfg.recipe("plain"), CLASSES, SIZE, {"method": "stgan"}, out["plain"],
                                 "plain")
 
 
 def test_experts_arm_trains_saves_and_reloads_identically(pipeline):
-    root, params = pipeline
+    root, cfg = pipeline
     trainset = root / "trainsets" / "class_experts"
     if not (trainset / EXPERTS_FILE).is_file():
-        run_validate_augmented(params, "class_experts", root / "prepared", root / "synthetic", trainset,
+        run_validate_augmented(cfg, "class_experts", root / "prepared", root / "synthetic", trainset,
                                root / "reports" / "class_experts")
-    info = run_train(params, "class_experts", 0, root / "prepared", trainset, root / "models" / "ce",
+    info = run_train(cfg, "class_experts", 0, root / "prepared", trainset, root / "models" / "ce",
                      root / "history.csv", root / "ckpt")
     model, saved_info = load_trained(root / "models" / "ce")
     assert isinstance(model, ClassExpertClassifier) and saved_info["version"] == info["version"]

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 from conftest import textured_image
+from params_util import make_config
+from dermagan.config import Config
 from dermagan.constants import CLASSES
 from dermagan.data.prepared import SplitArrays, write_split
 from dermagan.evaluate.fidelity import FEATURE_SPACE, frechet_distance, frechet_distance_nuclear, safe_fidelity_metrics
@@ -30,11 +32,12 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_params() -> dict:
-    return {"gan": {"classes": AUGMENTED, "experiment": "gan-test"}, "train": {"device": "cpu"},
-            "fidelity": {"feature_size": 32, "knn_k": 3, "seed": 0, "grid_images": 4, "nearest_examples": 2,
-                         "cas": {"epochs": 1, "batch_size": 8, "lr": 0.002, "seeds": [0]},
-                         "two_sample": {"folds": 3, "bootstrap_samples": 20}}}
+def tiny_params() -> Config:
+    return make_config({"gan": {"classes": AUGMENTED, "experiment": "gan-test"}, "train": {"device": "cpu"},
+                        "fidelity": {"feature_size": 32, "knn_k": 3, "seed": 0, "grid_images": 4,
+                                     "nearest_examples": 2,
+                                     "cas": {"epochs": 1, "batch_size": 8, "lr": 0.002, "seeds": [0]},
+                                     "two_sample": {"folds": 3, "bootstrap_samples": 20}}})
 
 
 def make_encoder(prepared: Path, out: Path) -> Path:

@@ -7,24 +7,28 @@ import pandas as pd
 import pytest
 
 from conftest import make_ham_folder
+from params_util import make_config
+from dermagan.config import Config
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
+from dermagan.gan.runs import GENERATOR_MODEL
 from dermagan.stages.dedup import run_dedup
 from dermagan.stages.generate import run_generate
-from dermagan.stages.train_gan import GENERATOR_MODEL, run_train_gan
+from dermagan.stages.train_gan import run_train_gan
 
 
-def tiny_params() -> dict:
-    return {
-        "prepare": {"image_size": 16},
+def tiny_params() -> Config:
+    return make_config({
+        "prepare": {"image_size": 16, "min_image_side": 16},
         "train": {"device": "cpu"},
-        "gan": {"classes": ["df", "vasc"], "amount": {"mode": "count", "value": 6}, "latent_dim": 8, "ngf": 8,
-                "ndf": 8, "d_dropout": 0.3, "loss": "hinge", "label_smoothing": 0.0, "lr_g": 2e-4, "lr_d": 2e-4,
-                "beta1": 0.5, "beta2": 0.999, "batch_size": 4, "total_images": 16, "ema_half_life_images": 8,
+        "gan": {"classes": ["df", "vasc"], "amount": {"mode": "count", "value": 6}, "candidates_factor": 1.0,
+                "latent_dim": 8, "ngf": 8, "ndf": 8, "d_dropout": 0.3, "loss": "hinge", "label_smoothing": 0.0,
+                "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999, "batch_size": 4, "total_images": 16,
+                "ema_half_life_images": 8,
                 "diffaugment": "color,translation,cutout", "snapshot_every_images": 8,
                 "checkpoint_every_images": 8, "grid_size": 4, "seed": 0, "generate_seed": 7,
                 "experiment": "gan-test"},
-        "dedup": {"hash_size": 8, "whash_image_scale": 16, "thresholds": {"phash": 10, "whash": 10}},
-    }
+        "dedup": {"hash_size": 8, "whash_image_scale": 16, "rule": "any", "thresholds": {"phash": 10, "whash": 10}},
+    })
 
 
 @pytest.fixture

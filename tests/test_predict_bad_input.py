@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from conftest import make_ham_folder, oversize_jpeg, textured_image
+from conftest import make_ham_folder, oversize_jpeg, params_file, textured_image
 from dermagan.classify.models import create_classifier
 from dermagan.classify.predict import predict_folder
 from dermagan.cli import main
@@ -56,9 +55,8 @@ def test_predict_skips_the_huge_image_and_predicts_the_others(tmp_path):
 def test_cli_prepare_names_the_huge_image_and_exits_2(tmp_path, capsys):
     raw = make_ham_folder(tmp_path / "raw", per_class=6)
     oversize_jpeg(raw / "images" / "ISIC_0000004.jpg")
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"prepare": {"image_size": 16, "val_fraction": 0.2, "test_fraction": 0.2,
-                                                  "seed": 0, "min_image_side": 32}}))
+    params = params_file(tmp_path / "cfg", prepare={"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2,
+                                                    "seed": 0, "min_image_side": 16})
     out, eda = tmp_path / "prepared", tmp_path / "eda"
     code = main(["prepare", "--params", str(params), "--raw", str(raw), "--out", str(out), "--eda", str(eda)])
     err = capsys.readouterr().err

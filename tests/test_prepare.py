@@ -35,7 +35,9 @@ def test_prepare_writes_arrays_table_and_figures(ham_folder, tmp_path):
         assert summary[split]["images"] == len(arrays)
         total += len(arrays)
     assert total == 84
-    assert sorted(p.name for p in (tmp_path / "eda").iterdir()) == ["age.png", "class_counts.png", "localization.png", "sex.png"]
+    assert sorted(p.name for p in (tmp_path / "eda").iterdir()) == [".dermagan-output",  # the output marker
+                                                                    "age.png", "class_counts.png", "localization.png",
+                                                                    "sex.png"]
 
 
 def test_any_resolution_is_accepted(tmp_path):

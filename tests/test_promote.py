@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from conftest import params_file
 from sklearn.metrics import balanced_accuracy_score
 
 from dermagan import cli
@@ -190,9 +190,8 @@ def test_force_skips_the_gate_and_says_so(client):
 
 
 def test_cli_passes_bootstrap_params_and_exits_1_on_refusal(client, tmp_path, capsys):
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"mlflow": {"experiment": "promote-test"},
-                                      "evaluate": {"bootstrap_samples": 300, "ci_level": 0.9, "seed": 3}}))
+    params = params_file(tmp_path / "cfg", mlflow={"experiment": "promote-test"},
+                         evaluate={"bootstrap_samples": 300, "ci_level": 0.9, "seed": 3})
     test = make_test_set()
     champion = register(client, 0.6, planted(test, 0.8, seed=1))
     assert cli.main(["promote", "--name", NAME, "--params", str(params)]) == 0

@@ -11,17 +11,19 @@ import pytest
 import torch
 
 from conftest import make_ham_folder
+from params_util import make_config
+from dermagan.config import Config
 from dermagan.constants import CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.gan.factory import create_discriminator, create_generator
 from dermagan.gan.fastgan import FastGanGenerator, SkipLayerExcitation, sle_pairs
 from dermagan.gan.generate import load_generator, read_generator_index, sample_images
 from dermagan.gan.losses import barlow_twins_loss
+from dermagan.gan.runs import GENERATOR_MODEL
 from dermagan.gan.stgan import StganConfig, StganTrainer
 from dermagan.gan.train import resume_gan, save_gan_checkpoint, train_gan
 from dermagan.stages.generate import run_generate
-from dermagan.stages.train_gan import GENERATOR_MODEL
-from dermagan.stages.train_stgan import run_stgan_base, run_stgan_class, stgan_config
+from dermagan.stages.train_stgan import run_stgan_base, run_stgan_class
 
 SIZE = 32
 
@@ -149,6 +151,7 @@ def test_resume_is_bit_identical(tmp_path, disc):
 
 # --- the two stages ------------------------------------------------------------------------
 def stgan_params(tmp_path: Path) -> dict:
+    """The test's params blocks (``make_config`` completes them from params.yaml)."""
     return {
         "prepare": {"image_size": SIZE},
         "train": {"device": "cpu"},
@@ -180,7 +183,8 @@ def test_stage_two_starts_from_stage_one_and_is_tagged_with_its_version(prepared
                                                                        monkeypatch):
     params = stgan_params(tmp_path)
     params["gan"]["stgan"]["net"]["conditional"] = conditional
-    base = run_stgan_base(params, prepared, tmp_path / "gan" / "base", tmp_path / "ckpt")
+    cfg = make_config(params)
+    base = run_stgan_base(cfg, prepared, tmp_path / "gan" / "base", tmp_path / "ckpt")
     saved = torch.load(tmp_path / "gan" / "base" / "base.pt", weights_only=True)
 
     seen = {}
@@ -193,7 +197,7 @@ def test_stage_two_starts_from_stage_one_and_is_tagged_with_its_version(prepared
         seen["labels"] = labels
 
     monkeypatch.setattr(StganTrainer, "__init__", spy)
-    info = run_stgan_class(params, "df", prepared, tmp_path / "gan" / "base", tmp_path / "gan" / "df",
+    info = run_stgan_class(cfg, "df", prepared, tmp_path / "gan" / "base", tmp_path / "gan" / "df",
                            tmp_path / "ckpt")
     for key, value in saved["G"].items():
         assert torch.equal(seen["G"][key], value), f"stage 2 G does not start from stage 1 at {key}"
@@ -216,27 +220,32 @@ def test_stage_two_starts_from_stage_one_and_is_tagged_with_its_version(prepared
 
 def test_stage_two_refuses_a_stage_one_trained_with_other_network_settings(prepared, tmp_path):
     params = stgan_params(tmp_path)
-    run_stgan_base(params, prepared, tmp_path / "base", tmp_path / "ckpt")
+    run_stgan_base(make_config(params), prepared, tmp_path / "base", tmp_path / "ckpt")
     params["gan"]["stgan"]["net"]["ngf"] = 16
     with pytest.raises(Exception, match=r"other gan.stgan.net settings \(\['ngf'\]\)"):
-        run_stgan_class(params, "df", prepared, tmp_path / "base", tmp_path / "df", tmp_path / "ckpt")
+        run_stgan_class(make_config(params), "df", prepared, tmp_path / "base", tmp_path / "df", tmp_path / "ckpt")
 
 
 def test_missing_per_class_entry_and_unknown_key_are_named(tmp_path):
     params = stgan_params(tmp_path)
+    assert isinstance(make_config(params), Config)
+    params["gan"]["classes"] = ["df", "vasc", "akiec"]
     with pytest.raises(Exception, match="per_class has no entry for class 'akiec'"):
-        stgan_config(params, "stage2", "akiec")
+        make_config(params)  # refused when params are loaded, before any stage runs
+    params = stgan_params(tmp_path)
     params["gan"]["stgan"]["stage2"]["freeze_blocks"] = 1
     with pytest.raises(Exception, match="unknown gan.stgan keys \\['freeze_blocks'\\]"):
-        stgan_config(params, "stage2", "df")
+        make_config(params)
+    with pytest.raises(Exception, match="class 'akiec' is not in params gan.classes"):
+        make_config(stgan_params(tmp_path)).stgan_config("stage2", "akiec")
 
 
 def test_generate_reads_the_per_class_stage_two_folders(prepared, tmp_path):
-    params = stgan_params(tmp_path)
-    run_stgan_base(params, prepared, tmp_path / "gan" / "base", tmp_path / "ckpt")
+    cfg = make_config(stgan_params(tmp_path))
+    run_stgan_base(cfg, prepared, tmp_path / "gan" / "base", tmp_path / "ckpt")
     for dx in ("df", "vasc"):
-        run_stgan_class(params, dx, prepared, tmp_path / "gan" / "base", tmp_path / "gan" / dx, tmp_path / "ckpt")
-    manifest = run_generate(params, "stgan", prepared, tmp_path / "gan", tmp_path / "synthetic")
+        run_stgan_class(cfg, dx, prepared, tmp_path / "gan" / "base", tmp_path / "gan" / dx, tmp_path / "ckpt")
+    manifest = run_generate(cfg, "stgan", prepared, tmp_path / "gan", tmp_path / "synthetic")
     assert manifest["class"].value_counts().to_dict() == {"df": 3, "vasc": 3}
     versions = json.loads((tmp_path / "gan" / "vasc" / "generators.json").read_text())["vasc"]["version"]
     assert set(manifest.loc[manifest["class"] == "vasc", "generator_version"].astype(str)) == {versions}
@@ -266,13 +275,13 @@ def test_bench_gan_stage_two_curve_starts_from_stage_one(prepared, tmp_path):
     from dermagan.fidelity import save_encoder, train_domain_encoder
     from dermagan.stages.bench_gan import run_bench_gan
 
-    params = stgan_params(tmp_path)
-    run_stgan_base(params, prepared, tmp_path / "gan" / "base", tmp_path / "ckpt")
+    cfg = make_config(stgan_params(tmp_path))
+    run_stgan_base(cfg, prepared, tmp_path / "gan" / "base", tmp_path / "ckpt")
     train = read_split(prepared, "train")
     encoder, _ = train_domain_encoder(train.images, train.labels, len(CLASSES), epochs=1, batch_size=8,
                                       progress=False)
     save_encoder(encoder, tmp_path / "enc" / "encoder.pt")
-    result = run_bench_gan(params, prepared, stage=2, dx="df", steps=1, train_images=8, eval_every=4, n_samples=4,
+    result = run_bench_gan(cfg, prepared, stage=2, dx="df", steps=1, train_images=8, eval_every=4, n_samples=4,
                            domain_encoder=tmp_path / "enc", out=tmp_path / "bench.json", base=tmp_path / "gan" / "base")
     assert result["initialised_from"].endswith("base.pt") and result["class"] == "df"
     assert [p["images_seen"] for p in result["curve"]] == [0, 4, 8] and "fd_domain" in result["yardstick"]

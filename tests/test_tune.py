@@ -9,6 +9,7 @@ the median pruner's decisions predictable), and ``simple_cnn`` trains a trial in
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import pwd
@@ -32,18 +33,21 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from dermagan.classify.recipe import train_config
+from dermagan.config import Config, build_config, load_params
 from dermagan.constants import CLASSES
 from dermagan.data.prepared import SplitArrays, read_split_table, write_split
 from dermagan.errors import DermaganError
-from dermagan.params import load_params
-from dermagan.stages.train import train_config
-from dermagan.stages.tune import apply_best, run_tune, study_config
+from dermagan.stages.tune import apply_best, run_tune, tune_block
 from dermagan.tuning.classifier import folds
+from dermagan.tuning.targets import study_config
 from dermagan.tuning.study import PARENT_ATTR, make_storage
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 SIZE = 16
 GOOD_LR, BAD_LR = 3e-3, 1e-6
+EARLIER_STUDY = {"lr": 1e-3, "weight_decay": 0.0}  # the tuned-params file of the tests' Configs
 # one clearly different colour per class (7 classes)
 COLOURS = np.array([[230, 30, 30], [30, 230, 30], [30, 30, 230], [230, 230, 30], [230, 30, 230],
                     [30, 230, 230], [128, 128, 128]])
@@ -81,6 +85,12 @@ def write_prepared(root: Path, train: int = 8, val: int = 4, test: int = 2, seed
     return root
 
 
+def repository_params() -> dict:
+    """The repository's params.yaml with its tuned values inlined (no tuned-params files named)."""
+    params = load_params(REPO / "params.yaml")
+    return {k: v for k, v in params.items() if k not in ("tuned", "tuned_params", "tuned_gan_params")}
+
+
 def base_params(tmp: Path, space: dict, epochs: int = 2, study: str = "tiny", objective: str = "holdout",
                 enqueue: list | None = None, pruner: dict | None = None, n_trials: int = 4) -> dict:
     """A complete params.yaml for the tuner, with the searched keys left out of ``train``."""
@@ -89,20 +99,32 @@ def base_params(tmp: Path, space: dict, epochs: int = 2, study: str = "tiny", ob
              "epochs": epochs, "batch_size": 16, "lr": GOOD_LR, "weight_decay": 0.0, "lr_schedule": "none",
              "warmup_epochs": 0.0, "label_smoothing": 0.0, "class_weight_power": 0.0, "sampler": "shuffle",
              "augment": False, "augment_strength": 0.0, "dropout": 0.0, "drop_path": 0.0, "tta": "none"}
+    params = repository_params()  # the blocks the tuner does not read (validate, evaluate, gan, ...) as shipped
     return {
-        "prepare": {"image_size": SIZE, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+        **params,
+        "prepare": {"image_size": SIZE, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "min_image_side": SIZE},
         "train": {k: v for k, v in train.items() if k not in space},
         "augment": {"hflip": True, "vflip": True, "rot90": True, "rotation_degrees": 30, "crop_scale": [0.6, 1.0],
                     "brightness": 0.2, "contrast": 0.2, "saturation": 0.2},
         "tuned_params": "params/tuned.yaml",
         "arms": {"cnn": {"extra": None}},
-        "mlflow": {"experiment": "dermagan-test"},
-        "tune": {"experiment": "tune-test", "dir": str(tmp / "tuning"), "storage": None,
+        "mlflow": {**params["mlflow"], "experiment": "dermagan-test"},
+        "tune": {**params["tune"], "experiment": "tune-test", "dir": str(tmp / "tuning"), "storage": None,
                  "classifier": {"study": study, "objective": objective, "kfold_splits": 3, "n_trials": n_trials,
-                                "timeout_minutes": None, "seed": 0, "n_startup_trials": 2,
+                                "timeout_minutes": 60, "seed": 0, "n_startup_trials": 2,
                                 "pruner": pruner or {"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
                                 "enqueue": enqueue or [], "space": space}},
     }
+
+
+def config_of(params: dict, tuned: dict | None = None) -> Config:
+    """The Config the CLI builds from ``params`` plus a tuned-params file holding ``tuned`` (``train`` values;
+    default: a value for each searched key, as an earlier study would have written)."""
+    if tuned is None:
+        tuned = {k: EARLIER_STUDY[k] for k in params["tune"]["classifier"]["space"]}
+    merged = copy.deepcopy(params)
+    merged["train"] = {**merged["train"], **tuned}
+    return build_config(merged)
 
 
 def write_params(root: Path, params: dict, tuned: dict) -> Path:
@@ -152,8 +174,8 @@ def tuned(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(tmp)
-        summary = run_tune(params, "classifier", prepared, tmp / "report")
-        cfg = study_config(params, "classifier")
+        summary = run_tune(config_of(params), "classifier", prepared, tmp / "report")
+        cfg = study_config(tune_block(config_of(params)), "classifier")
         study = load(cfg.name, make_storage(cfg.storage))
         mlflow.set_tracking_uri(uri)
         yield {"tmp": tmp, "params": params, "summary": summary, "study": study, "cfg": cfg, "uri": uri,
@@ -211,7 +233,7 @@ def test_workers_that_start_together_agree_on_one_parent_run(tracking, tmp_path,
     from dermagan.tuning import study as study_module
 
     params = base_params(tmp_path, {"lr": {"float": [1e-3, 5e-3]}}, study="race")
-    cfg = study_config(params, "classifier")
+    cfg = study_config(tune_block(config_of(params)), "classifier")
     configure(cfg.experiment)
     handles = [study_module.open_study(cfg) for _ in range(2)]  # two workers' views of one study
     both_read = threading.Barrier(2)
@@ -304,7 +326,7 @@ def test_applied_best_values_are_what_train_reads(tuned, tmp_path):
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     assert "lr" not in params["train"] and "weight_decay" not in params["train"]
-    written = apply_best(params_path, params, "classifier", summary)
+    written = apply_best(params_path, config_of(params), "classifier", summary)
     assert written == tmp_path / "params" / "tuned.yaml"
     text = written.read_text()
     assert "lr: 0.003  # tuned" in text and "Study 'tiny'" in text
@@ -313,7 +335,8 @@ def test_applied_best_values_are_what_train_reads(tuned, tmp_path):
     assert merged["train"]["lr"] == best["lr"] and merged["train"]["weight_decay"] == best["weight_decay"]
     assert sorted(merged["tuned"]["keys"]) == ["train.lr", "train.weight_decay"]
     assert merged["tuned"]["study"]["best_trial"] == summary["best_trial"]
-    cfg = train_config(merged, "cnn", 0)
+    config = build_config(merged)
+    cfg = train_config(config.recipe("cnn"), 0, config.augment.plain(), config.train.max_batches_per_epoch)
     assert cfg.lr == best["lr"] and cfg.weight_decay == pytest.approx(best["weight_decay"])
     assert cfg.epochs == params["train"]["epochs"] and cfg.augment is None
 
@@ -321,7 +344,7 @@ def test_applied_best_values_are_what_train_reads(tuned, tmp_path):
     clash = {**params, "train": {**params["train"], "lr": 0.01}}
     params_path.write_text(yaml.safe_dump(clash, sort_keys=False))
     with pytest.raises(DermaganError, match=r"train\.lr is searched by the study but also set"):
-        apply_best(params_path, clash, "classifier", summary)
+        apply_best(params_path, config_of(clash), "classifier", summary)
     # ... and the loader refuses the key being in both files
     with pytest.raises(DermaganError, match=r"train\.lr is set in both"):
         load_params(params_path)
@@ -331,7 +354,7 @@ def test_apply_refuses_a_study_without_completed_trials(tuned, tmp_path):
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(tuned["params"]))
     with pytest.raises(DermaganError, match="no completed feasible trial"):
-        apply_best(params_path, tuned["params"], "classifier", {**tuned["summary"], "best_params": {}})
+        apply_best(params_path, config_of(tuned["params"]), "classifier", {**tuned["summary"], "best_params": {}})
 
 
 def test_dvc_status_sees_a_rewritten_tuned_file(tuned, tmp_path):
@@ -355,11 +378,11 @@ def test_dvc_status_sees_a_rewritten_tuned_file(tuned, tmp_path):
         "cmd": "cp params/tuned.yaml recipe.txt", "params": [{"params/tuned.yaml": ["train"]}],
         "outs": ["recipe.txt"]}}}))
     summary = tuned["summary"]
-    apply_best(repo / "params.yaml", params, "classifier", summary)
+    apply_best(repo / "params.yaml", config_of(params), "classifier", summary)
     run(dvc, "repro", "-q")
     assert json.loads(run(dvc, "status", "--json") or "{}") == {}
     other = {**summary, "best_params": {**summary["best_params"], "lr": 0.002}}
-    apply_best(repo / "params.yaml", params, "classifier", other)
+    apply_best(repo / "params.yaml", config_of(params), "classifier", other)
     status = json.loads(run(dvc, "status", "--json"))
     changed = [entry["changed deps"] for entry in status["recipe"] if "changed deps" in entry]
     assert changed == [{"params/tuned.yaml": {"train": "modified"}}], status
@@ -391,7 +414,7 @@ def test_kfold_keeps_lesions_together_and_never_reads_test(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     params = base_params(tmp_path, {"lr": {"float": [1e-3, 5e-3], "log": True}}, epochs=1, study="kfold",
                          objective="kfold", n_trials=1)
-    summary = run_tune(params, "classifier", prepared, tmp_path / "report")
+    summary = run_tune(config_of(params), "classifier", prepared, tmp_path / "report")
     study = load("kfold", make_storage(str(tmp_path / "tuning" / "kfold.journal")))
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and summary["states"] == {"complete": 1}

@@ -15,19 +15,21 @@ from optuna.trial import TrialState
 
 from conftest import make_ham_folder
 from dermagan.classify.models import create_classifier
+from dermagan.config import Config, build_config, load_params
 from dermagan.constants import CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.errors import DermaganError
 from dermagan.gan.diffaugment import POLICIES, diff_augment
 from dermagan.gan.generate import method_counts
-from dermagan.params import load_params
 from dermagan.stages.domain_encoder import run_domain_encoder
-from dermagan.stages.train_stgan import run_stgan_base, stgan_config
+from dermagan.stages.train_stgan import run_stgan_base
 from dermagan.stages.tune import apply_best, run_tune
 from dermagan.tuning.gan import feasibility, stage2_overrides
 from dermagan.tuning.study import StudyConfig, make_storage, study_summary
 
 SIZE = 32
+REPO = Path(__file__).resolve().parents[1]
+EARLIER_STUDY = {"df": {"total_images": 16}, "vasc": {}}  # gan.stgan_tuned of the tests' tuned-GAN file
 
 
 @pytest.fixture(autouse=True)
@@ -39,12 +41,15 @@ def one_thread():
 
 
 def tiny_params(root: Path) -> dict:
+    """The repository's params (tuned values inlined) with a tiny STGAN and GAN study."""
+    repo = {k: v for k, v in load_params(REPO / "params.yaml").items() if k != "tuned"}
     return {
-        "prepare": {"image_size": SIZE},
-        "train": {"device": "cpu"},
+        **repo,
+        "prepare": {**repo["prepare"], "image_size": SIZE},
+        "train": {**repo["train"], "device": "cpu"},
         "tuned_params": "params/tuned.yaml",
         "tuned_gan_params": "params/tuned_gan.yaml",
-        "fidelity": {"domain_encoder": {"epochs": 1, "batch_size": 16, "lr": 0.002, "seed": 0}},
+        "fidelity": {**repo["fidelity"], "domain_encoder": {"epochs": 1, "batch_size": 16, "lr": 0.002, "seed": 0}},
         "gan": {"classes": ["df", "vasc"], "amount": {"mode": "count", "value": 3}, "candidates_factor": 1.0,
                 "generate_seed": 3, "experiment": "stgan-test",
                 "stgan": {"net": {"discriminator": "projected", "feature_size": None, "conditional": False,
@@ -58,12 +63,12 @@ def tiny_params(root: Path) -> dict:
                                      "barlow_lambda": 0.0051, "snapshot_every_images": 4,
                                      "checkpoint_every_images": 4},
                           "per_class": {"df": {}, "vasc": {"total_images": 4}}}},
-        "tune": {"experiment": "tune-gan-test", "dir": str(root / "tuning"), "storage": None,
+        "tune": {**repo["tune"], "experiment": "tune-gan-test", "dir": str(root / "tuning"), "storage": None,
                  "gan": {"study": "gan-{method}-{class}", "classifier": str(root / "classifier"),
                          "base_dir": str(root / "gan" / "base"), "domain_encoder": str(root / "encoder"),
                          "tolerance": 0.01, "probe": {"epochs": 2, "lr": 0.01, "batch_size": 16,
                                                       "weight_decay": 0.0, "class_weight_power": 1.0, "seed": 0},
-                         "eval_every_images": 8, "proxy_samples": 8, "n_trials": 2, "timeout_minutes": None,
+                         "eval_every_images": 8, "proxy_samples": 8, "n_trials": 2, "timeout_minutes": 60,
                          "seed": 0, "n_startup_trials": 2,
                          "pruner": {"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
                          "enqueue": [{"lr": 2e-4, "total_images": 16, "freeze_d_blocks": 1, "barlow_weight": 0.1,
@@ -78,6 +83,13 @@ def tiny_params(root: Path) -> dict:
     }
 
 
+def config_of(params: dict, stgan_tuned: dict | None = None) -> Config:
+    """The Config the CLI builds from ``params`` plus a tuned-GAN file with ``gan.stgan_tuned`` (default: an
+    earlier study's, which gives df the stage-2 length params.yaml leaves to tuning)."""
+    gan = {**params["gan"], "stgan_tuned": EARLIER_STUDY if stgan_tuned is None else stgan_tuned}
+    return build_config({**params, "gan": gan})
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny prepared data, stage 1, a domain encoder and a (ImageNet-free) classifier; the test split deleted."""
@@ -89,8 +101,8 @@ def world(tmp_path_factory):
     prepared = root / "prepared"
     prepare_dataset(raw, prepared, root / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0))
     params = tiny_params(root)
-    run_stgan_base(params, prepared, root / "gan" / "base", root / "checkpoints")
-    run_domain_encoder(params, prepared, root / "encoder", root / "metrics" / "encoder.json")
+    run_stgan_base(config_of(params), prepared, root / "gan" / "base", root / "checkpoints")
+    run_domain_encoder(config_of(params), prepared, root / "encoder", root / "metrics" / "encoder.json")
     model = create_classifier("efficientnet_lite0", CLASSES, SIZE, tta="hflip")
     (root / "classifier").mkdir()
     torch.save({"state_dict": model.state_dict(), "backbone": "efficientnet_lite0", "tta": "hflip",
@@ -104,7 +116,7 @@ def world(tmp_path_factory):
 def test_gan_study_runs_on_train_and_val_only_with_a_constraint_and_nested_runs(world):
     root, prepared, params = world
     assert not (prepared / "test.npz").exists()
-    summary = run_tune(params, "gan", prepared, root / "report", method="stgan", dx="df")
+    summary = run_tune(config_of(params), "gan", prepared, root / "report", method="stgan", dx="df")
     study = optuna.load_study(study_name="gan-stgan-df", storage=make_storage(str(root / "tuning" / "gan-stgan-df.journal")))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert complete and summary["trials"] == 2
@@ -149,11 +161,11 @@ def test_constraint_blocks_a_trial_that_lowers_val_balanced_accuracy(world, tmp_
     # on the real objective: demand +1 balanced accuracy over the reference -> no feasible trial, nothing to apply
     strict = copy.deepcopy(params)
     strict["tune"]["gan"].update(tolerance=-1.0, enqueue=[], n_trials=1)
-    summary = run_tune(strict, "gan", prepared, tmp_path / "report", method="stgan", dx="vasc",
+    summary = run_tune(config_of(strict), "gan", prepared, tmp_path / "report", method="stgan", dx="vasc",
                        storage=str(tmp_path / "strict.journal"))
     assert summary["states"] == {"complete": 1} and summary["best_trial"] is None and summary["feasible_trials"] == 0
     with pytest.raises(DermaganError, match="no completed feasible trial"):
-        apply_best(tmp_path / "params.yaml", strict, "gan", summary)
+        apply_best(tmp_path / "params.yaml", config_of(strict), "gan", summary)
 
 
 def test_apply_writes_tuned_values_that_stage_two_and_the_counts_read(world, tmp_path):
@@ -166,22 +178,24 @@ def test_apply_writes_tuned_values_that_stage_two_and_the_counts_read(world, tmp
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "tuned.yaml").write_text(yaml.safe_dump({"train": {}}))
     (tmp_path / "params" / "tuned_gan.yaml").write_text(  # as the repository ships it: nothing tuned yet
-        yaml.safe_dump({"gan": {"stgan_tuned": {"df": {}, "vasc": {}}, "amount_tuned": {}}}))
+        "# Tuned GAN values: written by `dermagan tune gan --apply`. Do not edit by hand; re-tune.\n"  # (apply
+        # replaces only a file dermagan wrote: git keeps no xattr, this header marks it)
+        + yaml.safe_dump({"gan": {"stgan_tuned": {"df": {}, "vasc": {}}, "amount_tuned": {}}}))
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    written = apply_best(path, load_params(path), "gan", summary)
+    written = apply_best(path, config_of(params), "gan", summary)
     assert written == tmp_path / "params" / "tuned_gan.yaml"
     merged = load_params(path)
-    cfg = stgan_config(merged, "stage2", "df")
+    cfg = build_config(merged).stgan_config("stage2", "df")
     assert (cfg.lr_g, cfg.lr_d, cfg.total_images, cfg.freeze_d_blocks) == (1e-4, 1e-4, 16, 0)
     assert (cfg.barlow_weight, cfg.diffaugment, cfg.diffaugment_p) == (0.3, "translation", 0.7)
-    assert stgan_config(merged, "stage2", "vasc").total_images == 4  # other classes untouched
+    assert build_config(merged).stgan_config("stage2", "vasc").total_images == 4  # other classes untouched
     counts = {c: 10 for c in CLASSES}
     assert method_counts(merged["gan"], counts, "stgan") == {"df": 6, "vasc": 3}
     assert method_counts(merged["gan"], counts, "cdcgan") == {"df": 3, "vasc": 3}  # tuned for stgan only
     assert method_counts(merged["gan"], counts, None) == {"df": 3, "vasc": 3}  # oversampling keeps gan.amount
     # a second class keeps the first one's entry
-    apply_best(path, merged, "gan", {**summary, "class": "vasc", "best_params": {"lr": 3e-4, "amount": 2}})
+    apply_best(path, build_config(merged), "gan", {**summary, "class": "vasc", "best_params": {"lr": 3e-4, "amount": 2}})
     tuned = yaml.safe_load(written.read_text())
     assert set(tuned["gan"]["stgan_tuned"]) == {"df", "vasc"} and tuned["gan"]["amount_tuned"]["stgan"] == {"df": 6, "vasc": 2}
     # params.yaml setting a searched key is refused (a tuned value lives in one place)
@@ -189,9 +203,9 @@ def test_apply_writes_tuned_values_that_stage_two_and_the_counts_read(world, tmp
     own["gan"]["stgan"]["per_class"]["df"] = {"total_images": 8}
     path.write_text(yaml.safe_dump(own, sort_keys=False))
     with pytest.raises(DermaganError, match="per_class.df.total_images"):
-        stgan_config(load_params(path), "stage2", "df")
+        build_config(load_params(path))
     with pytest.raises(DermaganError, match="per_class.df.total_images"):
-        apply_best(path, own, "gan", summary)
+        apply_best(path, config_of(own, stgan_tuned={}), "gan", summary)
 
 
 def test_stage2_overrides_map_the_shared_lr_and_drop_the_amount():

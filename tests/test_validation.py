@@ -91,8 +91,8 @@ def test_good_frames_pass(good_frames):
     report = validate_frames(good_frames, THRESHOLDS, None)
     assert report.success, report.summary_text()
     assert report.failures == []
-    assert report.statistics["images"]["evaluated_expectations"] == 11
-    assert report.summary_text().startswith("PASSED: 15 of 15")
+    assert report.statistics["images"]["evaluated_expectations"] == 12
+    assert report.summary_text().startswith("PASSED: 16 of 16")
     json.dumps(report.to_dict())
 
 
@@ -195,7 +195,7 @@ def test_summary_text_format(good_frames):
     n = len(frames["images"])
     assert (f"FAILED images: raw_mode in {{'RGB'}} (column raw_mode): 2 of {n} rows, "
             "e.g. ['ISIC_0000000', 'ISIC_0000001']") in text
-    assert text.splitlines()[-1] == "FAILED: 14 of 15 expectations passed on 4 frames, 1 failed"
+    assert text.splitlines()[-1] == "FAILED: 15 of 16 expectations passed on 4 frames, 1 failed"
 
 
 def test_missing_column_is_reported(good_frames):

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from dermagan.errors import DermaganError
-from dermagan.params import load_params
+from dermagan.outputs import check_command_paths
+from dermagan.config import load_config
+from dermagan.config.layout import LAYOUT
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -21,7 +24,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 def cmd_prepare(args: argparse.Namespace) -> None:
     from dermagan.stages.prepare import run_prepare
 
-    summary = run_prepare(load_params(args.params), args.raw, args.out, args.eda)
+    summary = run_prepare(args.config, args.raw, args.out, args.eda)
     for split, info in summary.items():
         print(f"{split:5s}: {info['images']:5d} images, {info['lesions']:5d} lesions, {info['per_class']}")
 
@@ -29,13 +32,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_validate(args: argparse.Namespace) -> None:
     from dermagan.stages.validate import run_validate
 
-    run_validate(load_params(args.params), args.prepared, args.raw, args.out)
+    run_validate(args.config, args.prepared, args.raw, args.out)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from dermagan.stages.train import run_train
 
-    info = run_train(load_params(args.params), args.arm, args.seed, args.prepared, args.trainset, args.out,
+    info = run_train(args.config, args.arm, args.seed, args.prepared, args.trainset, args.out,
                      args.history, args.checkpoints)
     print(f"arm {args.arm} seed {args.seed}: best val bal_acc {info['best_val_bal_acc']:.4f} at epoch {info['best_epoch']}; "
           f"registered {info['registered_model']} v{info['version']} (run {info['run_id']})")
@@ -44,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dermagan.stages.evaluate import run_evaluate
 
-    doc = run_evaluate(load_params(args.params), args.arm, args.seed, args.prepared, args.model_dir, args.metrics, args.plots,
+    doc = run_evaluate(args.config, args.arm, args.seed, args.prepared, args.model_dir, args.metrics, args.plots,
                        args.predictions, args.roc, reliability_csv=args.reliability)
     test = doc["test"]
     print(f"arm {args.arm} seed {args.seed} test bal_acc {test['bal_acc']:.4f} "
@@ -54,7 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_compare_runs(args: argparse.Namespace) -> None:
     from dermagan.stages.compare import run_compare_runs
 
-    doc = run_compare_runs(load_params(args.params), args.baseline, args.candidate, args.arm, args.out,
+    doc = run_compare_runs(args.config, args.baseline, args.candidate, args.arm, args.out,
                            args.baseline_arm)
     print(f"{args.arm}: {args.candidate} vs {args.baseline} ({len(doc['seeds'])} seeds, {doc['n_test']} test images, "
           f"{doc['ci_level']:.0%} paired bootstrap CI)")
@@ -68,7 +71,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from dermagan.atomic import atomic_file
 
-    print(run_compare(load_params(args.params), args.metrics_dir, args.out, args.predictions_dir, args.history_dir))
+    print(run_compare(args.config, args.metrics_dir, args.out, args.predictions_dir, args.history_dir))
     if args.summary:  # a DVC metrics file may not live inside the report folder (a stage output)
         with atomic_file(args.summary) as tmp:
             tmp.write_bytes((args.out / "summary.json").read_bytes())
@@ -77,7 +80,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_ensemble(args: argparse.Namespace) -> None:
     from dermagan.stages.ensemble import default_arms, run_ensemble
 
-    params = load_params(args.params)
+    params = args.config
     doc = run_ensemble(params, args.arms or default_arms(params), args.seeds, args.prepared, args.models_dir,
                        args.out, args.metrics, args.predictions_dir)
     for combiner, stats in doc["combiners"].items():
@@ -90,21 +93,21 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 def cmd_validate_augmented(args: argparse.Namespace) -> None:
     from dermagan.stages.validate_augmented import run_validate_augmented
 
-    run_validate_augmented(load_params(args.params), args.arm, args.prepared, args.synthetic_root, args.out,
+    run_validate_augmented(args.config, args.arm, args.prepared, args.synthetic_root, args.out,
                            args.report)
 
 
 def cmd_fidelity(args: argparse.Namespace) -> None:
     from dermagan.stages.fidelity import run_fidelity
 
-    run_fidelity(load_params(args.params), args.method, args.prepared, args.synthetic_root, args.dedup_report,
+    run_fidelity(args.config, args.method, args.prepared, args.synthetic_root, args.dedup_report,
                  args.gan_dir, args.metrics, args.plots, domain_encoder=args.domain_encoder)
 
 
 def cmd_train_gan(args: argparse.Namespace) -> None:
     from dermagan.stages.train_gan import run_train_gan
 
-    results = run_train_gan(load_params(args.params), args.method, args.prepared, args.out, args.checkpoints)
+    results = run_train_gan(args.config, args.method, args.prepared, args.out, args.checkpoints)
     for name, info in results.items():
         print(f"{args.method} {name}: {info['images_seen']} images seen in {info['wall_seconds']:.0f} s; "
               f"registered dermagan-generator v{info['version']}")
@@ -113,7 +116,7 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
 def cmd_train_stgan(args: argparse.Namespace) -> None:
     from dermagan.stages.train_stgan import run_stgan_base, run_stgan_class
 
-    params = load_params(args.params)
+    params = args.config
     if args.stage == 1:
         info = run_stgan_base(params, args.prepared, args.out, args.checkpoints)
     elif not args.dx:
@@ -127,7 +130,7 @@ def cmd_train_stgan(args: argparse.Namespace) -> None:
 def cmd_train_cyclegan(args: argparse.Namespace) -> None:
     from dermagan.stages.train_cyclegan import run_train_cyclegan
 
-    info = run_train_cyclegan(load_params(args.params), args.dx, args.prepared, args.out, args.checkpoints)
+    info = run_train_cyclegan(args.config, args.dx, args.prepared, args.out, args.checkpoints)
     print(f"cyclegan {info['translation']}: {info['images_seen']} images seen in {info['wall_seconds']:.0f} s; "
           f"registered dermagan-generator v{info['version']}")
 
@@ -135,7 +138,7 @@ def cmd_train_cyclegan(args: argparse.Namespace) -> None:
 def cmd_domain_encoder(args: argparse.Namespace) -> None:
     from dermagan.stages.domain_encoder import run_domain_encoder
 
-    info = run_domain_encoder(load_params(args.params), args.prepared, args.out)
+    info = run_domain_encoder(args.config, args.prepared, args.out, metrics_json=args.metrics)
     print(f"domain encoder: val balanced accuracy {info['val_bal_acc']:.3f} after {info['epochs']} epochs "
           f"({info['wall_seconds']:.0f} s)")
 
@@ -143,39 +146,38 @@ def cmd_domain_encoder(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from dermagan.stages.generate import run_generate
 
-    manifest = run_generate(load_params(args.params), args.method, args.prepared, args.gan_dir, args.out)
+    manifest = run_generate(args.config, args.method, args.prepared, args.gan_dir, args.out)
     print(f"wrote {len(manifest)} images: {manifest['class'].value_counts().to_dict()}")
 
 
 def cmd_dedup(args: argparse.Namespace) -> None:
     from dermagan.stages.dedup import run_dedup
 
-    report = run_dedup(load_params(args.params), args.prepared, args.synthetic, args.out, args.report)
+    report = run_dedup(args.config, args.prepared, args.synthetic, args.out, args.report)
     print(f"dedup: {report['counts']} (holdout-near: {report['holdout_near']})")
 
 
 def cmd_calibrate_dedup(args: argparse.Namespace) -> None:
     from dermagan.stages.calibrate_dedup import run_calibrate_dedup
 
-    summary = run_calibrate_dedup(load_params(args.params), args.prepared, args.out)
+    summary = run_calibrate_dedup(args.config, args.prepared, args.out)
     print(json.dumps(summary, indent=2))
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
     import mlflow
 
-    from dermagan.params import section
-    from dermagan.tracking.registry import promote
+    from dermagan.tracking.registry import parse_version, promote
     from dermagan.tracking.setup import configure
 
-    params = load_params(args.params)
-    configure(params["mlflow"]["experiment"])
+    version = parse_version(args.version)  # before the store is opened: a typo fails at once
+    cfg = args.config
+    configure(cfg.mlflow.experiment)
     if args.force:
         print("--force: promoting without the paired-bootstrap test gate against the current champion")
-    decision = promote(mlflow.MlflowClient(), args.name, args.version, force=args.force,
-                       n_boot=int(section(params, "evaluate", "bootstrap_samples")),
-                       level=float(section(params, "evaluate", "ci_level")),
-                       seed=int(section(params, "evaluate", "seed")))
+    decision = promote(mlflow.MlflowClient(), args.name, version, force=args.force,
+                       n_boot=cfg.evaluate.bootstrap_samples, level=cfg.evaluate.ci_level,
+                       seed=cfg.evaluate.seed)
     print(decision.message)
     if not decision.promoted and decision.previous_version != decision.version:
         sys.exit(1)
@@ -186,9 +188,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     from dermagan.atomic import atomic_file
     from dermagan.ensemble.serving import load_classifier, predict_folder_any
-    from dermagan.tracking.setup import tracking_uri
+    from dermagan.tracking.setup import check_tracking_uri, tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(check_tracking_uri(tracking_uri()))
     try:
         model = load_classifier(args.model)  # pytorch flavor -> nn.Module; an ensemble -> its pyfunc
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
@@ -204,26 +206,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from dermagan.stages.tune import apply_best, run_tune
 
-    params = load_params(args.params)
-    report = args.report or Path(f"reports/tune/{args.target}" + (f"-{args.method}-{args.dx}" if args.target == "gan"
-                                                                    else ""))
-    summary = run_tune(params, args.target, args.prepared, report, method=args.method, dx=args.dx,
+    cfg = args.config
+    summary = run_tune(cfg, args.target, args.prepared, args.report, method=args.method, dx=args.dx,
                        workers=args.workers, worker_offset=args.worker_index, storage=args.storage, study=args.study,
-                       n_trials=args.n_trials,
-                       timeout_minutes=args.timeout_minutes)
+                       n_trials=args.n_trials, timeout_minutes=args.timeout_minutes)
     print(json.dumps(summary, indent=2))
     if args.apply:
-        path = apply_best(args.params, params, args.target, summary)
+        path = apply_best(args.params, cfg, args.target, summary)
         print(f"wrote the best values to {path}; `dvc params diff` shows the change, `dvc repro` retrains")
     else:
-        key = "tuned_gan_params" if args.target == "gan" else "tuned_params"
-        print(f"not applied (add --apply to write them into {params.get(key)})")
+        target = cfg.tuned_gan_params if args.target == "gan" else cfg.tuned_params
+        print(f"not applied (add --apply to write them into {target})")
 
 
 def cmd_cv(args: argparse.Namespace) -> None:
     from dermagan.stages.cv import run_cv
 
-    summary = run_cv(load_params(args.params), args.arm, args.prepared, args.out, args.checkpoints,
+    summary = run_cv(args.config, args.arm, args.prepared, args.out, args.checkpoints,
                      n_folds=args.folds, seed=args.seed, max_folds=args.max_folds)
     if summary["complete"]:
         print(f"arm {args.arm}: {summary['folds']}-fold balanced accuracy {summary['bal_acc_mean']:.4f} "
@@ -233,27 +232,28 @@ def cmd_cv(args: argparse.Namespace) -> None:
 def cmd_bench_train(args: argparse.Namespace) -> None:
     import torch
 
+    from dermagan.atomic import atomic_file
     from dermagan.classify.bench import PHASES, profile_training
-    from dermagan.classify.recipe import build_classifier
+    from dermagan.classify.recipe import build_classifier, train_config
     from dermagan.classify.train import Trainer
-    from dermagan.constants import CLASSES
     from dermagan.data.prepared import read_split
     from dermagan.device import pick_device
-    from dermagan.stages.train import arm_recipe, train_config
 
-    params = load_params(args.params)
-    recipe, cfg = arm_recipe(params, args.arm), train_config(params, args.arm, args.seed)
+    cfg = args.config
+    recipe = cfg.recipe(args.arm)
+    trainer_cfg = train_config(recipe, args.seed, cfg.augment.plain(), cfg.train.max_batches_per_epoch)
     torch.manual_seed(args.seed)
-    model = build_classifier(recipe, CLASSES, int(params["prepare"]["image_size"]))
-    trainer = Trainer(model, read_split(args.prepared, "train"), cfg, pick_device(params["train"]["device"]))
+    model = build_classifier(recipe, cfg.classes, cfg.prepare.image_size)
+    trainer = Trainer(model, read_split(args.prepared, "train"), trainer_cfg, pick_device(cfg.train.device))
     result = profile_training(trainer, args.steps)
-    print(f"arm {args.arm}: {recipe['backbone']}, batch {cfg.batch_size}, {torch.get_num_threads()} threads")
+    print(f"arm {args.arm}: {recipe['backbone']}, batch {trainer_cfg.batch_size}, {torch.get_num_threads()} threads")
     for phase in PHASES:
         print(f"  {phase:9s} {result['ms_per_step'][phase]:7.1f} ms/step  {result['share'][phase]:6.1%}")
     print(f"training step: {result['train_images_per_s']:.0f} img/s; raw forward+backward: "
           f"{result['raw_images_per_s']:.0f} img/s; ratio {result['ratio']:.2f}")
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+    with atomic_file(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
 
 
 def cmd_bench_gan(args: argparse.Namespace) -> None:
@@ -261,7 +261,7 @@ def cmd_bench_gan(args: argparse.Namespace) -> None:
 
     from dermagan.stages.bench_gan import run_bench_gan
 
-    result = run_bench_gan(load_params(args.params), args.prepared, stage=args.stage, dx=args.dx,
+    result = run_bench_gan(args.config, args.prepared, stage=args.stage, dx=args.dx,
                            discriminator=args.discriminator, feature_size=args.feature_size, steps=args.steps,
                            train_images=args.train_images, eval_every=args.eval_every, n_samples=args.samples,
                            domain_encoder=args.domain_encoder, out=args.out, base=args.base)
@@ -276,12 +276,23 @@ def cmd_bench_gan(args: argparse.Namespace) -> None:
               f"k-NN recall {point['knn_recall_domain']:.2f}, precision {point['knn_precision_domain']:.2f}")
 
 
-def cmd_ui(args: argparse.Namespace) -> None:
+def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
+    """``python -m mlflow ui ...`` with this interpreter, so it works without the venv on PATH."""
     from dermagan.tracking.setup import tracking_uri
 
-    command = ["mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", args.host, "--port", str(args.port)]
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri or tracking_uri(),
+            "--host", host, "--port", str(port)]
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from dermagan.tracking.setup import check_tracking_uri, tracking_uri
+
+    command = ui_command(args.host, args.port, check_tracking_uri(tracking_uri()))
     print(" ".join(command))
-    os.execvp(command[0], command)
+    try:
+        os.execv(command[0], command)
+    except OSError as exc:
+        raise DermaganError(f"cannot start the MLflow UI ({command[0]} -m mlflow): {exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,27 +300,31 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, func, help_text: str, needs_config: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, needs_config=needs_config)
         return p
 
+    from dermagan.gan.methods import METHODS, methods_with
+
+    gan_methods, dcgan_methods = sorted(METHODS), methods_with(train_stage="train_gan")
+
     p = add("prepare", cmd_prepare, "Resize raw HAM10000, split by lesion_id, write arrays and EDA figures.")
-    p.add_argument("--raw", type=Path, default=Path("data"), help="HAM10000-layout folder (metadata.csv + images/)")
-    p.add_argument("--out", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--eda", type=Path, default=Path("reports/eda"))
+    p.add_argument("--raw", type=Path, help="HAM10000-layout folder (metadata.csv + images/)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--eda", type=Path)
 
     p = add("validate", cmd_validate, "Great Expectations checks of images, labels, splits and balance.")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--raw", type=Path, default=Path("data"))
-    p.add_argument("--out", type=Path, default=Path("reports/validation"))
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--raw", type=Path)
+    p.add_argument("--out", type=Path)
 
     p = add("validate-augmented", cmd_validate_augmented,
             "Assemble one arm's extra training images (GAN or oversampled) and check them with Great Expectations.")
     p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--synthetic-root", type=Path, default=Path("artifacts/synthetic"),
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--synthetic-root", type=Path,
                    help="holds <method>/generated and <method>/dedup (default: %(default)s)")
     p.add_argument("--out", type=Path, help="checked extras for training (default: artifacts/trainsets/ARM)")
     p.add_argument("--report", type=Path, help="report + Data Docs (default: reports/validation_augmented/ARM)")
@@ -317,16 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "Train one classifier arm (see `arms` in params.yaml) with one seed and register it.")
     p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
     p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--prepared", type=Path)
     p.add_argument("--trainset", type=Path, help="extras from validate-augmented (default: artifacts/trainsets/ARM)")
     p.add_argument("--out", type=Path, help="model folder (default: artifacts/models/ARM-sSEED)")
     p.add_argument("--history", type=Path, help="per-epoch CSV (default: reports/train/ARM-sSEED.csv)")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
+    p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
 
     p = add("evaluate", cmd_evaluate, "Score one trained arm and seed on the real-only test split.")
     p.add_argument("--arm", required=True)
     p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--prepared", type=Path)
     p.add_argument("--model-dir", type=Path, help="default: artifacts/models/ARM-sSEED")
     p.add_argument("--metrics", type=Path, help="default: metrics/ARM-sSEED.json")
     p.add_argument("--plots", type=Path, help="figures folder (default: reports/eval/ARM-sSEED)")
@@ -341,17 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
             "settings): the same statistic as compare, on the same test images, seeds paired.")
     p.add_argument("--arm", required=True, help="arm whose <arm>-s<seed>.csv predictions are compared")
     p.add_argument("--baseline", type=Path, required=True, help="folder with the earlier predictions")
-    p.add_argument("--candidate", type=Path, default=Path("reports/predictions"), help="default: %(default)s")
+    p.add_argument("--candidate", type=Path, help="default: %(default)s")
     p.add_argument("--baseline-arm", help="arm name of the baseline files (default: --arm)")
     p.add_argument("--out", type=Path, help="also write the verdicts as JSON here")
 
     p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
-    p.add_argument("--metrics-dir", type=Path, default=Path("metrics"))
-    p.add_argument("--predictions-dir", type=Path, default=Path("reports/predictions"))
-    p.add_argument("--history-dir", type=Path, default=Path("reports/train"),
+    p.add_argument("--metrics-dir", type=Path)
+    p.add_argument("--predictions-dir", type=Path)
+    p.add_argument("--history-dir", type=Path,
                    help="per-epoch training histories; the GAN arms' comparator is the non-GAN arm with the best "
                         "real-val balanced accuracy in them (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("reports/compare"))
+    p.add_argument("--out", type=Path)
     p.add_argument("--summary", type=Path, help="also write the summary (means, spreads, verdicts) here, "
                    "e.g. a DVC metrics file")
 
@@ -360,61 +375,64 @@ def build_parser() -> argparse.ArgumentParser:
             "and register one combiner as a pyfunc version of mlflow.registered_model.")
     p.add_argument("--arms", nargs="+", help="member arms (default: params ensemble.arms, else every arm)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: params train.seeds)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--models-dir", type=Path, default=Path("artifacts/models"),
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--models-dir", type=Path,
                    help="holds ARM-sSEED/model.pt from the train stage (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("reports/ensemble"))
-    p.add_argument("--metrics", type=Path, default=Path("metrics/ensemble.json"))
-    p.add_argument("--predictions-dir", type=Path, default=Path("reports/ensemble_predictions"),
+    p.add_argument("--out", type=Path)
+    p.add_argument("--metrics", type=Path)
+    p.add_argument("--predictions-dir", type=Path,
                    help="per-image test predictions, ensemble_COMBINER-sSEED.csv (default: %(default)s)")
 
     p = add("train-gan", cmd_train_gan, "Train DCGANs on the real train split (one per class, or one conditional).")
-    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan"])
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--out", type=Path, required=True, help="folder for the EMA generators")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
+    p.add_argument("--method", required=True, choices=dcgan_methods)
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--out", type=Path, help="folder for the EMA generators (default: %(default)s)")
+    p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
 
     p = add("train-stgan", cmd_train_stgan,
             "STGAN self-transfer: stage 1 (--stage 1) trains a FastGAN on every real train image; stage 2 "
             "(--stage 2 --class DX) fine-tunes it on one class with Freeze-D and Barlow Twins.")
     p.add_argument("--stage", type=int, required=True, choices=[1, 2])
     p.add_argument("--class", dest="dx", help="stage 2: the augmented class (one of params gan.classes)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--base", type=Path, default=Path("artifacts/gan/stgan/base"),
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--base", type=Path,
                    help="stage 1's output folder (stage 2 reads it; default: %(default)s)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (stage 1: the base; stage 2: one class)")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
+    p.add_argument("--out", type=Path, help="output folder (stage 1: the base; stage 2: one class; default: "
+                   "%(default)s)")
+    p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
 
     p = add("train-cyclegan", cmd_train_cyclegan,
             "CycleGAN nv <-> one augmented class on the real train split; registers the nv -> class generator.")
     p.add_argument("--class", dest="dx", required=True, help="the augmented class (one of params gan.classes)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--out", type=Path, required=True, help="output folder (<class>.pt + generators.json)")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="resume checkpoints folder")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--out", type=Path, help="output folder (<class>.pt + generators.json; default: %(default)s)")
+    p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
 
     p = add("domain-encoder", cmd_domain_encoder,
             "Train the domain feature encoder (a from-scratch CNN on the real train split only) that fidelity "
             "measures generators in; no discriminator ever sees it.")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--out", type=Path, default=Path("artifacts/domain_encoder"))
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--out", type=Path, help="encoder.pt + history.csv")
+    p.add_argument("--metrics", type=Path, help="its real-val scores, a DVC metrics file")
 
     p = add("generate", cmd_generate, "Sample synthetic PNGs and a manifest from trained generators.")
-    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan", "stgan", "cyclegan"])
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--gan-dir", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--method", required=True, choices=gan_methods)
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--gan-dir", type=Path, help="trained generators (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="PNGs per class + manifest.csv (default: %(default)s)")
 
     p = add("dedup", cmd_dedup, "Drop synthetic near-duplicates and memorised train images (pHash + wHash).")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--synthetic", type=Path, required=True, help="folder written by `dermagan generate`")
-    p.add_argument("--out", type=Path, required=True, help="deduplicated set")
-    p.add_argument("--report", type=Path, required=True, help="report folder (counts, histogram)")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--method", required=True, choices=gan_methods, help="the generator method whose images to check")
+    p.add_argument("--synthetic", type=Path, help="folder written by `dermagan generate` (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="deduplicated set (default: %(default)s)")
+    p.add_argument("--report", type=Path, help="report folder: counts, decisions, histogram (default: %(default)s)")
 
     p = add("fidelity", cmd_fidelity, "FID/KID (EfficientNet-Lite0 features), k-NN precision/recall and "
             "real-vs-synthetic figures per class.")
-    p.add_argument("--method", required=True, choices=["dcgan", "cdcgan", "stgan", "cyclegan"])
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--domain-encoder", type=Path, default=Path("artifacts/domain_encoder"),
+    p.add_argument("--method", required=True, choices=gan_methods)
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--domain-encoder", type=Path,
                    help="folder written by `dermagan domain-encoder` (default: %(default)s)")
     p.add_argument("--synthetic-root", type=Path, help="default: artifacts/synthetic/METHOD")
     p.add_argument("--dedup-report", type=Path, help="default: reports/dedup/METHOD")
@@ -424,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("calibrate-dedup", cmd_calibrate_dedup,
             "Hash distances of same-lesion photo pairs vs nearest other lesions, to choose dedup thresholds.")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--out", type=Path, default=Path("reports/dedup/calibration"))
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--out", type=Path)
 
     p = add("promote", cmd_promote,
             "Move the `champion` alias to the evaluated version with the best validation balanced accuracy, "
@@ -434,10 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="version to promote (default: the evaluated version with the highest val_bal_acc)")
     p.add_argument("--force", action="store_true", help="skip the test-set gate against the current champion")
 
-    p = add("predict", cmd_predict, "Classify every JPEG/PNG in a folder with a registered model.")
+    p = add("predict", cmd_predict, "Classify every JPEG/PNG in a folder with a registered model.", needs_config=False)
     p.add_argument("images_dir", type=Path)
     p.add_argument("--model", default="models:/dermagan-classifier@champion", help="model URI (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("preds.csv"))
+    p.add_argument("--out", type=Path)
 
     p = add("tune", cmd_tune, "Optuna study of a target's hyperparameters on real-only validation scores "
             "(classifier: val balanced accuracy; gan: val recall of one class, with val balanced accuracy as a "
@@ -446,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="stgan", help="gan: the generator method whose per-class stage is tuned "
                    "(default: %(default)s)")
     p.add_argument("--class", dest="dx", help="gan: the augmented class (e.g. df)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--prepared", type=Path)
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes sharing the study (default: %(default)s)")
     p.add_argument("--worker-index", type=int, default=0,
@@ -459,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(complete + pruned, all workers; default: tune.<target>.n_trials)")
     p.add_argument("--timeout-minutes", type=float, help="stop starting trials after this long "
                    "(default: tune.<target>.timeout_minutes)")
-    p.add_argument("--report", type=Path, help="summary, trials table and figures (default: reports/tune/TARGET)")
+    p.add_argument("--report", type=Path, help="summary, trials table and figures (default: runs/tune/TARGET)")
     p.add_argument("--apply", action="store_true", help="write the best values into the tuned-params file "
                    "(params.yaml `tuned_params`; gan: `tuned_gan_params`)")
 
@@ -471,10 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
     p.add_argument("--folds", type=int, help="K (default: params cv.folds)")
     p.add_argument("--seed", type=int, help="fold assignment and training seed (default: params cv.seed)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="report folder: folds.csv, summary.json, folds.png "
                    "(default: reports/cv/ARM-kK, with -sSEED when the seed is not cv.seed)")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
+    p.add_argument("--checkpoints", type=Path,
                    help="resume files go to CHECKPOINTS/cv/NAME (default: %(default)s)")
     p.add_argument("--max-folds", type=int, help="train at most this many unfinished folds, then stop (run the "
                    "same command again to continue); the report is written once all K are done")
@@ -484,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arm", default="effnet", help="arm whose recipe to time (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps (default: %(default)s)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
 
     p = add("bench-gan", cmd_bench_gan,
@@ -503,47 +521,128 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1000, help="generated images per curve point")
     p.add_argument("--base", type=Path, help="stage 2: start the curve's run from this stage-1 folder "
                    "(e.g. artifacts/gan/stgan/base), as the train_stgan stage does")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--domain-encoder", type=Path, default=Path("artifacts/domain_encoder"))
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--domain-encoder", type=Path)
     p.add_argument("--out", type=Path, help="write the figures (JSON) here")
 
-    p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.")
+    p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.", needs_config=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    _document_defaults(sub)
     return parser
 
 
+def _document_defaults(sub: argparse._SubParsersAction) -> None:
+    """Show each path option's Layout default in --help (``ARM``, ``SEED``, ``METHOD``, ``CLASS`` stand
+    for the values given on the command line)."""
+    for command, parser in sub.choices.items():
+        stand_in = argparse.Namespace(command=command, arm="ARM", seed="SEED", method="METHOD", dx="CLASS",
+                                      stage="STAGE", target="TARGET")
+        defaults = _layout_defaults(stand_in)
+        if command == "train-stgan":
+            defaults["out"] = f"{LAYOUT.stgan_base} (stage 1) or {LAYOUT.gan_class_dir('stgan', 'CLASS')} (stage 2)"
+        for action in parser._actions:
+            if action.dest not in defaults or action.default is not None:
+                continue
+            text = str(defaults[action.dest])
+            if not action.help:
+                action.help = f"default: {text}"
+            elif "%(default)s" in action.help:
+                action.help = action.help.replace("%(default)s", text)
+            elif "default:" in action.help:  # one source of truth: the Layout, not the help string
+                action.help = re.sub(r"default: [^;)]*", lambda _: f"default: {text}", action.help)
+            else:
+                action.help = f"{action.help} (default: {text})"
+
+
+def _layout_defaults(args: argparse.Namespace) -> dict:
+    """Each subcommand's default paths, from the one ``Layout`` (dvc.yaml passes the same ones)."""
+    L, cmd = LAYOUT, args.command
+    arm, seed, method, dx = (getattr(args, k, None) for k in ("arm", "seed", "method", "dx"))
+    common = {"raw": L.raw, "prepared": L.prepared, "checkpoints": L.checkpoints, "domain_encoder": L.domain_encoder}
+    per_command = {
+        "prepare": lambda: {"out": L.prepared, "eda": L.eda},
+        "validate": lambda: {"out": L.validation},
+        "validate-augmented": lambda: {"synthetic_root": L.synthetic_root, "out": L.trainset(arm),
+                                       "report": L.trainset_report(arm)},
+        "train": lambda: {"trainset": L.trainset(arm), "out": L.model_dir(arm, seed), "history": L.history(arm, seed)},
+        "evaluate": lambda: {"model_dir": L.model_dir(arm, seed), "metrics": L.run_metrics(arm, seed),
+                             "plots": L.eval_plots(arm, seed), "predictions": L.predictions(arm, seed),
+                             "roc": L.roc(arm, seed), "reliability": L.reliability(arm, seed)},
+        "compare-runs": lambda: {"candidate": L.predictions_dir, "out": L.compare_runs(arm)},
+        "compare": lambda: {"metrics_dir": L.run_metrics_dir, "predictions_dir": L.predictions_dir,
+                            "history_dir": L.histories, "out": L.compare, "summary": L.compare_summary},
+        "ensemble": lambda: {"models_dir": L.models, "out": L.ensemble, "metrics": L.ensemble_metrics,
+                             "predictions_dir": L.ensemble_predictions},
+        "train-gan": lambda: {"out": L.gan_dir(method)},
+        "train-stgan": lambda: {"base": L.stgan_base,
+                                "out": L.stgan_base if args.stage == 1 else L.gan_class_dir("stgan", dx)},
+        "train-cyclegan": lambda: {"out": L.gan_class_dir("cyclegan", dx)},
+        "domain-encoder": lambda: {"out": L.domain_encoder, "metrics": L.domain_encoder_metrics},
+        "generate": lambda: {"gan_dir": L.gan_dir(method), "out": L.synthetic(method, "generated")},
+        "dedup": lambda: {"synthetic": L.synthetic(method, "generated"), "out": L.synthetic(method, "dedup"),
+                          "report": L.dedup_report(method)},
+        "fidelity": lambda: {"synthetic_root": L.synthetic(method), "dedup_report": L.dedup_report(method),
+                             "gan_dir": L.gan_dir(method), "metrics": L.fidelity_metrics(method),
+                             "plots": L.fidelity_plots(method)},
+        "calibrate-dedup": lambda: {"out": L.dedup_calibration},
+        "predict": lambda: {"out": L.predictions_csv},
+        "tune": lambda: {"report": L.tune_report(args.target, method, dx)},
+        "bench-train": lambda: {"out": L.bench(f"train-{arm}")},
+        "bench-gan": lambda: {"out": L.bench(f"gan-stage{args.stage}" + (f"-{dx}" if dx else ""))},
+    }
+    return {**common, **per_command.get(cmd, dict)()}
+
+
 def _default_paths(args: argparse.Namespace) -> None:
-    """Fill unset paths from the arm and seed (train/evaluate), arm (validate-augmented) or method (fidelity)."""
-    if args.command == "cv":  # its seed and folders default from params.yaml `cv` (see stages/cv.py)
-        return
-    arm, method = getattr(args, "arm", None), getattr(args, "method", None)
-    if arm and hasattr(args, "seed") and args.seed is None:
-        args.seed = int(load_params(args.params)["train"]["seeds"][0])
-    run = f"{arm}-s{getattr(args, 'seed', None)}"
-    if args.command == "validate-augmented":
-        defaults = {"out": Path(f"artifacts/trainsets/{arm}"), "report": Path(f"reports/validation_augmented/{arm}")}
-    elif args.command == "fidelity":
-        defaults = {"synthetic_root": Path(f"artifacts/synthetic/{method}"),
-                    "dedup_report": Path(f"reports/dedup/{method}"), "gan_dir": Path(f"artifacts/gan/{method}"),
-                    "metrics": Path(f"metrics/fidelity/{method}.json"), "plots": Path(f"reports/fidelity/{method}")}
-    elif arm:
-        defaults = {"out": Path(f"artifacts/models/{run}"), "history": Path(f"reports/train/{run}.csv"),
-                    "trainset": Path(f"artifacts/trainsets/{arm}"), "model_dir": Path(f"artifacts/models/{run}"),
-                    "metrics": Path(f"metrics/{run}.json"), "plots": Path(f"reports/eval/{run}"),
-                    "predictions": Path(f"reports/predictions/{run}.csv"), "roc": Path(f"reports/roc/{run}.csv"),
-                    "reliability": Path(f"reports/reliability/{run}.csv")}
-    else:
-        defaults = {}
-    for key, value in defaults.items():
+    """Fill every unset path (and the seed of train/evaluate) from the Layout."""
+    if hasattr(args, "seed") and args.seed is None and args.command in ("train", "evaluate", "bench-train"):
+        args.seed = args.config.train.seeds[0]
+    for key, value in _layout_defaults(args).items():
         if getattr(args, key, "unset") is None:
             setattr(args, key, value)
+
+
+# The paths each subcommand reads (inputs; work: folders it keeps working files in) and writes
+# (dirs, files): dermagan.outputs.check_command_paths refuses, before anything is touched, an output
+# that is an input or nested with one, two nested outputs, a symlink, ".", a repository root, and an
+# existing path dermagan did not write. Entries: "attr" (label --attr), (attr, label) or
+# (attr, label, when(args)). --params always counts as an input. Unset (None) paths are skipped.
+COMMAND_PATHS: dict[str, dict[str, tuple]] = {
+    "prepare": {"inputs": ("raw",), "dirs": ("out", "eda")},
+    "validate": {"inputs": ("prepared", "raw"), "dirs": ("out",)},
+    "validate-augmented": {"inputs": ("prepared", "synthetic_root"), "dirs": ("out", "report")},
+    "train": {"inputs": ("prepared", "trainset"), "work": ("checkpoints",), "dirs": ("out",), "files": ("history",)},
+    "evaluate": {"inputs": ("prepared", "model_dir"), "dirs": ("plots",),
+                 "files": ("metrics", "predictions", "roc", "reliability")},
+    "compare-runs": {"inputs": ("baseline", "candidate"), "files": ("out",)},
+    "compare": {"inputs": ("metrics_dir", "predictions_dir", "history_dir"), "dirs": ("out",), "files": ("summary",)},
+    "ensemble": {"inputs": ("prepared", "models_dir"), "dirs": ("out", "predictions_dir"), "files": ("metrics",)},
+    "train-gan": {"inputs": ("prepared",), "work": ("checkpoints",), "dirs": ("out",)},
+    "train-stgan": {"inputs": ("prepared", ("base", "--base", lambda a: a.stage == 2)), "work": ("checkpoints",),
+                    "dirs": ("out",)},
+    "train-cyclegan": {"inputs": ("prepared",), "work": ("checkpoints",), "dirs": ("out",)},
+    "domain-encoder": {"inputs": ("prepared",), "dirs": ("out",), "files": ("metrics",)},
+    "generate": {"inputs": ("prepared", "gan_dir"), "dirs": ("out",)},
+    "dedup": {"inputs": ("prepared", "synthetic"), "dirs": ("out", "report")},
+    "fidelity": {"inputs": ("prepared", "domain_encoder", "synthetic_root", "dedup_report", "gan_dir"),
+                 "dirs": ("plots",), "files": ("metrics",)},
+    "calibrate-dedup": {"inputs": ("prepared",), "dirs": ("out",)},
+    "predict": {"inputs": (("images_dir", "images_dir"),), "files": ("out",)},
+    "tune": {"inputs": ("prepared",), "dirs": ("report",)},
+    "cv": {"inputs": ("prepared",), "work": ("checkpoints",), "dirs": ("out",)},
+    "bench-train": {"inputs": ("prepared",), "files": ("out",)},
+    "bench-gan": {"inputs": ("prepared", "domain_encoder", "base"), "files": ("out",)},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.needs_config:  # params.yaml + tuned files, read and validated once for the whole command
+            args.config = load_config(args.params)
         _default_paths(args)
+        check_command_paths(args, COMMAND_PATHS)
         args.func(args)
     except DermaganError as exc:
         print(f"dermagan {args.command}: error: {exc}", file=sys.stderr)

@@ -9,32 +9,8 @@ from __future__ import annotations
 from dermagan.classify.augment import AugmentConfig, scaled
 from dermagan.classify.models import NormalizedClassifier, create_classifier
 from dermagan.classify.train import TrainConfig
+from dermagan.classify.keys import ARM_ONLY_KEYS, RECIPE_KEYS, build_recipe  # noqa: F401 (re-exported)
 from dermagan.errors import DermaganError
-
-# Every key a recipe needs. Each comes from params.yaml's `train` block or from the tuned-params
-# file (never both), and an arm or a trial may override it.
-RECIPE_KEYS: tuple[str, ...] = (
-    "backbone", "pretrained", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "warmup_epochs",
-    "step_size", "gamma", "patience", "label_smoothing", "class_weight_power", "sampler", "augment",
-    "augment_strength", "dropout", "drop_path", "tta", "temperature_scaling",
-)
-ARM_ONLY_KEYS: tuple[str, ...] = ("extra",)
-
-
-def build_recipe(train: dict, overrides: dict | None = None, where: str = "arm") -> dict:
-    """``train``'s recipe keys with ``overrides`` on top; unknown or missing keys are errors."""
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(RECIPE_KEYS) - set(ARM_ONLY_KEYS))
-    if unknown:
-        raise DermaganError(f"params: {where} sets unknown key(s) {unknown}; recipe keys are {list(RECIPE_KEYS)}")
-    recipe = {k: train[k] for k in RECIPE_KEYS if k in train}
-    recipe.update({k: v for k, v in overrides.items() if k in RECIPE_KEYS})
-    missing = [k for k in RECIPE_KEYS if k not in recipe]
-    if missing:
-        raise DermaganError(f"params: train.{missing[0]} is not set (missing: {missing}); set it in params.yaml's "
-                            "train block or in the tuned-params file (`dermagan tune classifier --apply`)")
-    return recipe
-
 
 def augment_config(recipe: dict, limits: dict) -> AugmentConfig | None:
     """Flips and 90-degree turns, plus ``limits`` (params.yaml `augment`) scaled by the strength."""
@@ -61,3 +37,14 @@ def build_classifier(recipe: dict, classes: tuple[str, ...], image_size: int) ->
     return create_classifier(recipe["backbone"], classes, image_size, recipe["pretrained"],
                              dropout=float(recipe["dropout"]), drop_path=float(recipe["drop_path"]),
                              tta=str(recipe["tta"]))
+
+
+def build_arm_classifier(recipe: dict, classes: tuple[str, ...], image_size: int, experts: dict | None = None,
+                         trainset_dir=None, arm: str = "arm") -> NormalizedClassifier:
+    """An arm's network: :func:`build_classifier`, or with an ``experts`` block (``{method, classes}``) the
+    recipe's backbone plus the frozen class-expert discriminators in ``trainset_dir`` (dermagan.experts)."""
+    if experts:
+        from dermagan.experts import build_expert_classifier
+
+        return build_expert_classifier(recipe, classes, image_size, experts, trainset_dir, arm)
+    return build_classifier(recipe, classes, image_size)

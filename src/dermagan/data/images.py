@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import warnings
 from pathlib import Path
@@ -14,8 +16,40 @@ from dermagan.errors import DermaganError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+def is_plain_name(image_id: str) -> bool:
+    """True for a bare file name: no path separator, not ``.``/``..``, no NUL (nothing outside images/)."""
+    text = str(image_id)
+    return bool(text) and text not in (".", "..") and not any(c in text for c in ("/", "\\", os.sep, "\0"))
+
+
+def check_images_dir(images_dir: Path) -> Path:
+    """Refuse an images folder that is missing, not a folder, or a symlink loop (e.g. ``images -> images``)."""
+    images_dir = Path(images_dir)
+    try:
+        os.stat(images_dir)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DermaganError(f"{images_dir}: the images folder is a symlink loop (it points, directly or "
+                                f"through other links, back to itself: {os.readlink(images_dir)!r}); make it "
+                                "a folder or a link to the real images folder") from exc
+        if images_dir.is_symlink():
+            raise DermaganError(f"{images_dir}: the images folder is a broken symlink (to "
+                                f"{os.readlink(images_dir)!r}): {exc.strerror}") from exc
+        raise DermaganError(f"{images_dir}: images folder not found ({exc.strerror}); a HAM10000-layout "
+                            "folder holds metadata.csv and images/") from exc
+    if not images_dir.is_dir():
+        raise DermaganError(f"{images_dir}: expected the images folder, found a file")
+    return images_dir
+
+
 def find_image(images_dir: Path, image_id: str) -> Path:
-    """Return the image file for ``image_id`` (any of the accepted suffixes)."""
+    """Return the image file for ``image_id`` (any of the accepted suffixes).
+
+    ``image_id`` must be a bare file name, so nothing outside ``images_dir`` is ever read.
+    """
+    if not is_plain_name(image_id):
+        raise DermaganError(f"{images_dir}: image_id {str(image_id)!r} is not a plain file name (it must not "
+                            "contain '/' or '\\', be '.' or '..', or hold NUL)")
     for suffix in IMAGE_SUFFIXES:
         for candidate in (images_dir / f"{image_id}{suffix}", images_dir / f"{image_id}{suffix.upper()}"):
             if candidate.is_file():

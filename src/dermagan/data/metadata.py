@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from dermagan.constants import CLASSES, EDA_COLUMNS, REQUIRED_COLUMNS
+from dermagan.data.images import is_plain_name
 from dermagan.errors import DermaganError
 
 METADATA_NAMES = ("metadata.csv", "HAM10000_metadata.csv", "HAM10000_metadata")
@@ -51,6 +52,14 @@ def read_metadata(path: Path, classes: tuple[str, ...] = CLASSES) -> pd.DataFram
         raise DermaganError(
             f"{path}: column 'dx' has unknown label(s) {unknown} (e.g. images {example}); "
             f"expected one of {list(classes)}"
+        )
+    bad_ids = ~frame["image_id"].map(is_plain_name)
+    if bad_ids.any():
+        lines = (frame.index[bad_ids][:5] + 2).tolist()
+        examples = "; ".join(f"line {line}: {value!r}" for line, value in zip(lines, frame.loc[bad_ids, "image_id"]))
+        raise DermaganError(
+            f"{path}: column 'image_id' must be a plain file name (no '/' or '\\', not '.' or '..', no NUL) "
+            f"on {int(bad_ids.sum())} row(s) ({examples}); images are read from the images/ folder only"
         )
     duplicated = frame["image_id"].duplicated()
     if duplicated.any():

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from dermagan.atomic import atomic_dir
 from dermagan.constants import SPLITS
 from dermagan.data.eda import write_eda_figures
-from dermagan.data.images import find_image, open_rgb, resize_center_crop
+from dermagan.data.images import check_images_dir, find_image, open_rgb, resize_center_crop
 from dermagan.data.metadata import find_metadata, read_metadata
 from dermagan.data.prepared import SPLIT_TABLE, arrays_for, write_split
 from dermagan.data.splits import grouped_split
@@ -36,7 +36,7 @@ def load_images(raw_dir: Path, image_ids: list[str], size: int, min_side: int = 
 
     Images whose shorter side is below ``min_side`` are all listed (name and size) in one error.
     """
-    images_dir = Path(raw_dir) / "images"
+    images_dir = check_images_dir(Path(raw_dir) / "images")
     stack = np.empty((len(image_ids), size, size, 3), dtype=np.uint8)
     too_small = []
     for i, image_id in enumerate(tqdm(image_ids, desc="decode+resize", unit="img", mininterval=2)):

@@ -12,6 +12,11 @@ from dermagan.errors import DermaganError
 def _holdout(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of one StratifiedGroupKFold fold of about ``fraction`` of the rows."""
     n_splits = max(2, round(1 / fraction))
+    lesions = frame["lesion_id"].nunique()
+    if lesions < n_splits:
+        raise DermaganError(f"only {lesions} lesions to split, but a held-out share of {fraction} needs at least "
+                            f"{n_splits} (one fold of {n_splits}); add images or raise prepare.val_fraction / "
+                            "prepare.test_fraction")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held = next(folds.split(frame, frame["dx"], groups=frame["lesion_id"]))
     mask = np.zeros(len(frame), dtype=bool)

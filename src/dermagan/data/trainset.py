@@ -2,9 +2,14 @@
 
 An arm's ``extra`` setting names where extra images of the augmented classes come from:
 ``None`` (none), ``"oversample"`` (random copies of real train images) or
-``"<method>/<set>"`` (GAN images of ``artifacts/synthetic/<method>/<set>``, e.g. ``dcgan/dedup``).
+``"<method>/<set>"`` (GAN images of ``artifacts/synthetic/<method>/<set>``, e.g. ``dcgan/dedup``;
+the method must be one of :data:`dermagan.gan.methods.METHODS`).
 Extras are read in manifest order and the first ``count`` of each class are used, so an arm gets
 exactly the configured amount whether or not dedup dropped some candidates.
+
+The validate_augmented stage assembles and checks an arm's extras (:func:`gather_extras`) and writes
+them; the train stage reads them back (:func:`training_set`); ``dermagan cv`` draws oversampled copies
+per fold (:func:`oversample_extras`).
 """
 
 from __future__ import annotations
@@ -18,39 +23,21 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from dermagan.constants import CLASSES
-from dermagan.data.prepared import SplitArrays
+from dermagan.data.prepared import SplitArrays, read_split
 from dermagan.errors import DermaganError
+from dermagan.data.extra import OVERSAMPLE, SYNTHETIC_SETS, ExtraSource, parse_extra  # noqa: F401 (re-exported)
 
-OVERSAMPLE = "oversample"
-SYNTHETIC_SETS = ("generated", "dedup")
 MANIFEST = "manifest.csv"
 FILES = {"images": "extra_images.npy", "labels": "extra_labels.npy", "table": "extra.csv", "spec": "spec.json"}
 
 
-@dataclass(frozen=True)
-class ExtraSource:
-    """Parsed ``extra`` setting: kind is "none", "oversample" or "synthetic"."""
+def extra_targets(gan: dict, train: SplitArrays, method: str | None = None) -> dict[str, int]:
+    """Extra images per augmented class, from the ``gan`` params block's ``classes`` and ``amount`` (and the
+    tuned ``amount_tuned.<method>`` for a GAN method's images); ``train`` gives the real class counts."""
+    from dermagan.gan.generate import method_counts
 
-    kind: str
-    method: str | None = None
-    set_name: str | None = None
-
-    @property
-    def label(self) -> str:
-        return {"none": "none", "oversample": OVERSAMPLE}.get(self.kind, f"{self.method}/{self.set_name}")
-
-
-def parse_extra(value) -> ExtraSource:
-    """``None`` | ``"oversample"`` | ``"<method>/<generated|dedup>"`` -> ExtraSource (clear error otherwise)."""
-    if value is None or value in ("none", "null", ""):
-        return ExtraSource("none")
-    if value == OVERSAMPLE:
-        return ExtraSource(OVERSAMPLE)
-    method, _, set_name = str(value).partition("/")
-    if not method or set_name not in SYNTHETIC_SETS:
-        raise DermaganError(f"params: arm extra must be null, '{OVERSAMPLE}' or '<method>/<set>' with set in "
-                            f"{SYNTHETIC_SETS}, got '{value}'")
-    return ExtraSource("synthetic", method, set_name)
+    real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(CLASSES)}
+    return method_counts(gan, real_counts, method)
 
 
 def synthetic_folder(root: Path, source: ExtraSource) -> Path:
@@ -125,6 +112,13 @@ def empty_extras(image_size: int) -> ExtraImages:
                        np.zeros(0, dtype=str))
 
 
+def oversample_extras(train: SplitArrays, counts: dict[str, int], seed: int) -> ExtraImages:
+    """:func:`oversample`'s copies as extras; each one's source is ``copy:<train image_id>``."""
+    index, labels = oversample(train, counts, seed)
+    ids = np.asarray(train.image_ids).astype(str)[index]
+    return ExtraImages(train.images[index], labels, np.array([f"copy:{i}" for i in ids]))
+
+
 def write_extras(folder: Path, extras: ExtraImages, spec: dict) -> None:
     """Write the extras of one arm (``np.save`` files are byte-deterministic, unlike npz)."""
     folder = Path(folder)
@@ -158,3 +152,42 @@ def with_extras(train: SplitArrays, extras: ExtraImages) -> SplitArrays:
     return SplitArrays(np.concatenate([train.images, extras.images]),
                        np.concatenate([train.labels, extras.labels]),
                        np.concatenate([np.asarray(train.image_ids).astype(str), extras.sources]))
+
+
+def gather_extras(source: ExtraSource, train: SplitArrays, targets: dict[str, int], synthetic_root: Path,
+                  seed: int) -> tuple[list[dict], ExtraImages | None]:
+    """Rows for the validation frame (one per extra image), and the extras (None if some file could not be used)."""
+    size = train.images.shape[1]
+    if source.kind == "none":
+        return [], empty_extras(size)
+    if source.kind == OVERSAMPLE:
+        extras = oversample_extras(train, targets, seed)
+        rows = [{"source": s, "source_id": s.removeprefix("copy:"), "dx": CLASSES[y], "decodes": True, "mode": "RGB",
+                 "width": size, "height": size, "image": image}
+                for s, y, image in zip(extras.sources, extras.labels, extras.images)]
+        return rows, extras
+    checks = select_synthetic(synthetic_folder(synthetic_root, source), targets)
+    rows = [{"source": c.file, "source_id": Path(c.file).stem, "dx": c.dx, "decodes": c.decodes, "mode": c.mode,
+             "width": c.width, "height": c.height, "image": c.image} for c in checks]
+    usable = all(c.image is not None and c.image.shape == (size, size, 3) and c.dx in CLASSES for c in checks)
+    if not usable:
+        return rows, None
+    images = np.stack([c.image for c in checks]) if checks else empty_extras(size).images
+    labels = np.array([CLASSES.index(c.dx) for c in checks], dtype=np.int64)
+    return rows, ExtraImages(images, labels, np.array([c.file for c in checks], dtype=str))
+
+
+def training_set(extra: str | None, prepared: Path, trainset_dir: Path | None) -> tuple[SplitArrays, int]:
+    """Real train split plus the arm's validated extra images (written by the validate_augmented stage),
+    and how many extras there are. ``extra`` is the arm's ``extra`` setting."""
+    train, source = read_split(prepared, "train"), parse_extra(extra)
+    if trainset_dir is None or not (Path(trainset_dir) / FILES["spec"]).exists():
+        if source.kind != "none":
+            raise DermaganError(f"arm needs extra images ({source.label}) but no training set was found at "
+                                f"{trainset_dir}; run `dvc repro validate_augmented@<arm>` first")
+        return train, 0
+    extras, spec = read_extras(Path(trainset_dir))
+    if spec["extra"] != source.label:
+        raise DermaganError(f"{trainset_dir}: holds extras from '{spec['extra']}' but the arm asks for "
+                            f"'{source.label}'; re-run validate_augmented")
+    return with_extras(train, extras), len(extras)

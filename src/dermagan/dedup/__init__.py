@@ -8,6 +8,7 @@ ANY hash kind.
 from dermagan.dedup.hashing import (
     HASH_KINDS,
     hash_images,
+    hashes_of,
     phash_batch,
     to_imagehash_hex,
     unpack_bits,
@@ -25,6 +26,6 @@ from dermagan.dedup.search import (
 
 __all__ = [
     "DEFAULT_THRESHOLD", "HASH_KINDS", "REASONS", "DedupResult", "deduplicate", "hamming_matrix",
-    "hash_images", "near_duplicate_groups", "nearest_distances", "phash_batch", "to_imagehash_hex",
+    "hash_images", "hashes_of", "near_duplicate_groups", "nearest_distances", "phash_batch", "to_imagehash_hex",
     "unpack_bits", "whash_batch",
 ]

@@ -42,3 +42,26 @@ def threshold_table(same: np.ndarray, other_nearest: np.ndarray, thresholds=rang
     different-lesion image would (wrongly) count as a near-duplicate."""
     return pd.DataFrame([{"threshold": t, "same_lesion_caught": float((same <= t).mean()),
                           "different_lesion_flagged": float((other_nearest <= t).mean())} for t in thresholds])
+
+
+def calibrate(hashes: dict[str, np.ndarray], lesion_ids: np.ndarray, thresholds: dict[str, int], sample: int,
+              seed: int) -> tuple[dict, pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per hash kind: same-lesion pair distances against each sampled image's nearest other lesion.
+
+    ``hashes``: kind -> packed hashes of every image (``lesion_ids`` in the same order);
+    ``thresholds``: params ``dedup.thresholds``. Returns the summary (calibration.json), the
+    threshold table of every kind and the two distance arrays per kind (for the figure).
+    """
+    pairs = same_lesion_pairs(lesion_ids)
+    summary, tables, distances = {"same_lesion_pairs": int(len(pairs)), "images": int(len(lesion_ids))}, [], {}
+    for kind, packed in hashes.items():
+        same, other = pair_distances(packed, pairs), different_lesion_nearest(packed, lesion_ids, sample, seed)
+        distances[kind] = (same, other)
+        threshold = int(thresholds[kind])
+        summary[kind] = {"same_lesion_median": float(np.median(same)) if len(same) else None,
+                         "nearest_other_lesion_median": float(np.median(other)),
+                         "threshold": threshold,
+                         "same_lesion_caught_at_threshold": float((same <= threshold).mean()) if len(same) else None,
+                         "other_lesion_flagged_at_threshold": float((other <= threshold).mean())}
+        tables.append(threshold_table(same, other).assign(kind=kind))
+    return summary, pd.concat(tables), distances

@@ -126,6 +126,12 @@ def hash_images(images, kind: str, hash_size: int = 8, **options) -> np.ndarray:
     raise DermaganError(f"unknown hash kind {kind!r}; expected one of {HASH_KINDS}")
 
 
+def hashes_of(images, hash_size: int, whash_image_scale: int) -> dict[str, np.ndarray]:
+    """Every hash kind at one fixed scale (params ``dedup``), so real and synthetic images are comparable."""
+    options = {"phash": {}, "whash": {"image_scale": int(whash_image_scale)}}
+    return {k: hash_images(images, k, int(hash_size), **options[k]) for k in HASH_KINDS}
+
+
 def unpack_bits(packed: np.ndarray, hash_size: int = 8) -> np.ndarray:
     """Boolean (N, hash_size, hash_size) arrays, the layout of imagehash's ``ImageHash.hash``."""
     packed = np.atleast_2d(packed)

@@ -73,7 +73,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         self.batch_size = int(batch_size)
 
     def load_context(self, context) -> None:
-        from dermagan.stages.evaluate import load_trained
+        from dermagan.classify.artifact import load_trained
 
         config = dict(context.model_config or {})
         missing = [k for k in CONFIG_KEYS if k not in config]

@@ -13,9 +13,7 @@ The predicted label is ``proba.argmax(1)`` (first class on ties), as elsewhere i
 
 from __future__ import annotations
 
-import matplotlib
 
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

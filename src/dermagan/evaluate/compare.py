@@ -1,23 +1,25 @@
 """Compare classifier arms over several training seeds, and GAN arms against the best non-GAN arm.
 
-Pure functions: tables from the evaluate stage's metrics documents, a paired bootstrap over test
+Readers of the evaluate and train stages' per-run files (metrics, test predictions, training
+histories), then pure functions: tables from the metrics documents, a paired bootstrap over test
 images (one resample matrix shared by every run), markdown, figures and a JSON-safe summary.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from dermagan.constants import MINORITY_CLASSES  # noqa: E402
-from dermagan.serialize import json_safe  # noqa: E402
+from dermagan.config.layout import LAYOUT
+from dermagan.constants import CLASSES, MINORITY_CLASSES
+from dermagan.errors import DermaganError
+from dermagan.serialize import json_safe
 
 SETTINGS: tuple[str, ...] = ("backbone", "augment", "class_weight_power", "sampler", "extra")
 VERDICT_METRICS: tuple[str, ...] = ("bal_acc", *(f"recall_{c}" for c in MINORITY_CLASSES))
@@ -30,9 +32,102 @@ VERDICT_COLOURS = {BETTER: "C2", WORSE: "C3", NO_DIFFERENCE: "C7"}
 
 # --- arms and runs ---------------------------------------------------------------------------
 
-def run_name(arm: str, seed: int) -> str:
-    """The name of one training run: ``effnet-s0``."""
-    return f"{arm}-s{seed}"
+PREDICTION_COLUMNS = ("image_id", "actual", "predicted")
+TEST_RULE = "the best non-GAN arm per metric on the test split (no training histories given)"
+
+
+# --- the per-run files -----------------------------------------------------------------------
+
+def read_metrics(metrics_dir: Path, arms: list[str], seeds: list[int]) -> dict[tuple[str, int], dict]:
+    """The evaluate stage's metrics file of every (arm, seed) run, with an error naming a missing one."""
+    found = {}
+    for arm in arms:
+        for seed in seeds:
+            path = Path(metrics_dir) / f"{LAYOUT.run_name(arm, seed)}.json"
+            if not path.is_file():
+                raise DermaganError(f"{path}: metrics of run '{LAYOUT.run_name(arm, seed)}' not found; "
+                                    f"run `dvc repro evaluate@{arm}-{seed}`")
+            found[(arm, seed)] = json.loads(path.read_text())
+    return found
+
+
+def read_predictions(predictions_dir: Path, arms: list[str], seeds: list[int], classes: tuple[str, ...] = CLASSES
+                     ) -> tuple[np.ndarray, dict[str, dict[int, np.ndarray]]]:
+    """True class indices of the test images and every run's predicted indices (arm -> seed -> array).
+
+    Every run must list the same test images in the same order with the same true classes.
+    """
+    reference: pd.DataFrame | None = None
+    predicted: dict[str, dict[int, np.ndarray]] = {arm: {} for arm in arms}
+    for arm in arms:
+        for seed in seeds:
+            path = Path(predictions_dir) / f"{LAYOUT.run_name(arm, seed)}.csv"
+            frame = read_prediction_file(path, f"dvc repro evaluate@{arm}-{seed}")
+            if reference is None:
+                reference = frame
+            elif not (frame["image_id"].equals(reference["image_id"]) and frame["actual"].equals(reference["actual"])):
+                raise DermaganError(f"{path}: test images (image_id order or actual class) differ from "
+                                    f"{Path(predictions_dir) / f'{LAYOUT.run_name(arms[0], seeds[0])}.csv'}; "
+                                    "a paired comparison needs the same test split in every run")
+            predicted[arm][seed] = class_indices(frame["predicted"], path, classes)
+    return class_indices(reference["actual"], Path(predictions_dir), classes), predicted
+
+
+def read_prediction_file(path: Path, remedy: str) -> pd.DataFrame:
+    """One run's test predictions CSV (``image_id``, ``actual``, ``predicted``); ``remedy`` names the fix."""
+    if not path.is_file():
+        raise DermaganError(f"{path}: test predictions not found; run `{remedy}`")
+    frame = pd.read_csv(path, dtype=str)
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DermaganError(f"{path}: missing column(s) {missing}; expected {list(PREDICTION_COLUMNS)}")
+    return frame.reset_index(drop=True)
+
+
+def class_indices(names: pd.Series, path: Path, classes: tuple[str, ...] = CLASSES) -> np.ndarray:
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise DermaganError(f"{path}: unknown class name(s) {unknown}; expected {list(classes)}")
+    return names.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+
+
+def check_predictions_match_metrics(runs: pd.DataFrame, y_true: np.ndarray,
+                                    predictions: dict[str, dict[int, np.ndarray]],
+                                    classes: tuple[str, ...] = CLASSES) -> None:
+    """Recall per class from the predictions file must equal the metrics file's (catches stale outputs)."""
+    columns = [f"recall_{c}" for c in classes]
+    for _, row in runs.iterrows():
+        from_predictions = full_set_recalls(y_true, predictions[row["arm"]][row["seed"]], len(classes))
+        from_metrics = row[columns].to_numpy(dtype=float)
+        if not np.allclose(from_predictions, from_metrics, atol=1e-6, equal_nan=True):
+            raise DermaganError(f"run '{row['run']}': recall per class in its predictions file and metrics file "
+                                f"disagree; rerun `dvc repro evaluate@{row['arm']}-{row['seed']}`")
+
+
+def validation_scores(history_dir: Path, arms: list[str], seeds: list[int]) -> dict[str, float]:
+    """Each arm's real-val balanced accuracy at its selected epoch (the history's best), mean over seeds."""
+    scores = {}
+    for arm in arms:
+        values = []
+        for seed in seeds:
+            path = Path(history_dir) / f"{LAYOUT.run_name(arm, seed)}.csv"
+            if not path.is_file():
+                raise DermaganError(f"{path}: training history of run '{LAYOUT.run_name(arm, seed)}' not found; "
+                                    f"run `dvc repro train@{arm}-{seed}`")
+            history = pd.read_csv(path)
+            if "val_bal_acc" not in history.columns or history.empty:
+                raise DermaganError(f"{path}: no 'val_bal_acc' column/rows; is this a training history?")
+            values.append(float(history["val_bal_acc"].max()))
+        scores[arm] = float(np.mean(values))
+    return scores
+
+
+def validation_comparator(val: dict[str, float]) -> tuple[str, str]:
+    """The non-GAN arm with the best mean real-validation balanced accuracy, and the rule sentence."""
+    chosen = max(val, key=lambda arm: val[arm])
+    ranking = ", ".join(f"{a} {v:.3f}" for a, v in sorted(val.items(), key=lambda kv: -kv[1]))
+    return chosen, (f"`{chosen}`, the non-GAN arm with the best mean real-validation balanced accuracy "
+                    f"({ranking}); chosen on validation, not on test, for every metric")
 
 
 def is_gan_arm(settings: dict) -> bool:
@@ -52,7 +147,7 @@ def runs_table(metrics_by_run: dict[tuple[str, int], dict], arms: dict[str, dict
     rows = []
     for (arm, seed), document in metrics_by_run.items():
         test = document["test"]
-        row = {"run": run_name(arm, seed), "arm": arm, "seed": int(seed),
+        row = {"run": LAYOUT.run_name(arm, seed), "arm": arm, "seed": int(seed),
                **{key: arms[arm].get(key) for key in SETTINGS}, "gan": is_gan_arm(arms[arm]),
                "bal_acc": test["bal_acc"], "bal_acc_ci_low": test.get("bal_acc_ci_low"),
                "bal_acc_ci_high": test.get("bal_acc_ci_high"), "macro_f1": test.get("macro_f1"),
@@ -193,6 +288,18 @@ def markdown_report(arms: pd.DataFrame, verdicts: pd.DataFrame, classes: tuple[s
             + "## GAN arms vs the best non-GAN arm\n\n" + verdict_markdown(verdicts, arms, level))
 
 
+def comparison_markdown(arms: pd.DataFrame, verdicts: pd.DataFrame, classes: tuple[str, ...], seeds: list[int],
+                        n_test: int, n_boot: int, level: float, rule: str, on_validation: bool) -> str:
+    """:func:`markdown_report` naming the comparator ``rule``; ``on_validation``: it was picked on validation."""
+    markdown = markdown_report(arms, verdicts, classes, seeds, n_test, n_boot, level)
+    markdown = markdown.replace("## GAN arms vs the best non-GAN arm\n\n",
+                                f"## GAN arms vs the best non-GAN arm\n\nComparator: {rule}.\n\n", 1)
+    if on_validation:
+        markdown = markdown.replace("The best non-GAN arm is picked on this same test set",
+                                    "The comparator was picked on validation, not on this test set")
+    return markdown
+
+
 def arms_markdown(arms: pd.DataFrame, classes: tuple[str, ...]) -> str:
     """Arms table: balanced accuracy and recall of each class as mean ± std (min–max) over seeds."""
     header = ["arm", "backbone", "aug", "cw power", "sampler", "extra", "seeds", "bal_acc",
@@ -262,6 +369,19 @@ def summary(arms: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
             "ci_high": r["ci_high"], "verdict": r["verdict"]}
     return json_safe(document)
 
+
+
+def paired_runs_document(verdicts: pd.DataFrame, arm: str, baseline_arm: str, baseline_dir: Path,
+                         candidate_dir: Path, seeds: list[int], n_test: int, level: float, n_boot: int) -> dict:
+    """``compare-runs``' JSON: :func:`gan_vs_best`'s rows of one candidate against one baseline, renamed."""
+    verdicts = verdicts.rename(columns={"gan_arm": "candidate", "best_non_gan_arm": "baseline",
+                                        "gan_value": "candidate_value", "best_value": "baseline_value"})
+    return {"arm": arm, "baseline_arm": baseline_arm, "baseline_dir": str(baseline_dir),
+            "candidate_dir": str(candidate_dir), "seeds": seeds, "n_test": int(n_test),
+            "ci_level": float(level), "bootstrap_samples": int(n_boot),
+            "metrics": {r["metric"]: {k: r[k] for k in ("candidate_value", "baseline_value", "diff", "ci_low",
+                                                         "ci_high", "verdict")}
+                        for r in verdicts.to_dict("records")}}
 
 
 def mlflow_metrics(document: dict) -> dict[str, float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     f1_score,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -20,8 +19,12 @@ def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
         return np.where(support > 0, hits / np.maximum(support, 1), np.nan)
 
 
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Macro recall over the classes present in ``y_true`` (as scikit-learn defines it)."""
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> float:
+    """Macro recall over the classes present in ``y_true`` (as scikit-learn defines it, without its
+    warning about predicted classes that ``y_true`` lacks). The project's one balanced accuracy."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if num_classes is None:
+        num_classes = int(max(y_true.max(initial=-1), y_pred.max(initial=-1))) + 1
     return float(np.nanmean(per_class_recall(y_true, y_pred, num_classes)))
 
 
@@ -49,7 +52,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: tuple
         for i, name in enumerate(classes)
     }
     return {
-        "bal_acc": float(balanced_accuracy_score(y_true, y_pred)),
+        "bal_acc": balanced_accuracy(y_true, y_pred, proba.shape[1]),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "macro_auc": _nan_to_none(np.nanmean(aucs) if np.isfinite(aucs).any() else np.nan),

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 
 from dermagan.evaluate.metrics import bootstrap_intervals, classification_metrics
+
+RELIABILITY_COLUMNS = ("bin", "confidence", "accuracy", "count")  # the reliability CSV (a DVC plot)
 
 
 def evaluation_report(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...],
@@ -34,3 +39,38 @@ def flat_metrics(metrics: dict, prefix: str = "test/") -> dict[str, float]:
         if isinstance(value, (int, float)) and key != "n_bins":
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def calibration_report(y_true: np.ndarray, proba: np.ndarray, temperature: float,
+                       n_bins: int) -> tuple[dict, pd.DataFrame]:
+    """The metrics document's ``calibration`` block and the reliability table it comes from.
+
+    ``ece``: top-label ECE of the probabilities as served (after the model's temperature); when a
+    temperature T != 1 was fitted, ``ece_uncalibrated`` is the ECE before it (else None).
+    """
+    from dermagan.evaluate.calibration import (ece_from_table, expected_calibration_error, reliability_table,
+                                               uncalibrated_proba)
+
+    reliability = reliability_table(y_true, proba, n_bins)
+    block = {
+        "ece": finite_or_none(ece_from_table(reliability)),
+        "ece_uncalibrated": (finite_or_none(expected_calibration_error(
+            y_true, uncalibrated_proba(proba, temperature), n_bins)) if temperature != 1.0 else None),
+        "temperature": temperature, "n_bins": n_bins}
+    return block, reliability
+
+
+def reliability_rows(reliability: pd.DataFrame) -> pd.DataFrame:
+    """The non-empty bins of a reliability table, as the reliability CSV holds them."""
+    return reliability.loc[reliability["count"] > 0, list(RELIABILITY_COLUMNS)]
+
+
+def predictions_frame(image_ids, y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...]) -> pd.DataFrame:
+    """One row per test image: ``image_id``, ``actual`` and ``predicted`` class names."""
+    return pd.DataFrame({"image_id": image_ids, "actual": [classes[i] for i in y_true],
+                         "predicted": [classes[i] for i in proba.argmax(1)]})
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON-safe: NaN or infinity -> None."""
+    return float(value) if math.isfinite(value) else None

@@ -21,8 +21,9 @@ Experts whose frozen parts (ImageNet feature network, random CCM/CSM projection,
 bit-identical - all stage-2 Ds start from the one stage-1 D - share one copy of them, so the
 frozen network runs once per batch for the whole group.
 
-DCGAN is not supported: the ``train_gan`` stage keeps only the EMA generator of each GAN
-(``artifacts/gan/<method>/<name>.pt`` has no discriminator).
+Only the GAN methods whose registry entry sets ``experts`` (:data:`dermagan.gan.methods.METHODS`)
+keep such discriminators; DCGAN, for one, does not: the ``train_gan`` stage keeps only the EMA
+generator of each GAN (``artifacts/gan/<method>/<name>.pt`` has no discriminator).
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from torch.nn.utils import parametrize
 
 from dermagan.constants import CLASSES
 from dermagan.errors import DermaganError
+from dermagan.gan.methods import METHODS, methods_with
 from dermagan.gan.projected import FrozenEfficientNetLite0, ProjectedDiscriminator
 
 EXPERTS_FILE = "experts.pt"
 FORMAT = "dermagan-class-experts/1"
-EXPERT_METHODS = ("stgan",)
 SETTING_KEYS = ("method", "classes")
 # What rebuilds one projected D (the factory's arguments plus the fixed class label of a conditional D).
 CONFIG_KEYS = ("discriminator", "image_size", "ndf", "num_classes", "feature_size", "seed", "proj_channels",
@@ -71,12 +72,14 @@ def parse_experts(value, where: str = "arm") -> ExpertSettings | None:
     if unknown:
         raise DermaganError(f"params: {where}.experts has unknown key(s) {unknown}; keys are {list(SETTING_KEYS)}")
     method = value.get("method")
-    if method in ("dcgan", "cdcgan"):
-        raise DermaganError(f"params: {where}.experts.method '{method}' is not supported: the train_gan stage keeps "
-                            f"only the EMA generator (artifacts/gan/{method}/*.pt hold no discriminator); "
-                            f"use one of {list(EXPERT_METHODS)}")
-    if method not in EXPERT_METHODS:
-        raise DermaganError(f"params: {where}.experts.method must be one of {list(EXPERT_METHODS)}, got {method!r}")
+    experts = methods_with(experts=True)  # the GAN methods that keep per-class discriminators
+    known = METHODS.get(method) if isinstance(method, str) else None
+    if known is not None and not known.experts:
+        raise DermaganError(f"params: {where}.experts.method '{method}' is not supported: the {known.train_stage} "
+                            f"stage keeps only the generator (artifacts/gan/{method}/*.pt hold no discriminator); "
+                            f"use one of {experts}")
+    if method not in experts:
+        raise DermaganError(f"params: {where}.experts.method must be one of {experts}, got {method!r}")
     classes = value.get("classes")
     if classes is not None:
         classes = tuple(classes) if isinstance(classes, (list, tuple)) else None

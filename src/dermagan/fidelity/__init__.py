@@ -5,6 +5,10 @@ space (``domain``), train-on-synthetic/test-on-real accuracy (``cas``), a real-v
 classifier two-sample test (``two_sample``), nearest-train-distance memorisation checks
 (``memorisation``) and the source leakage of translated images (``leakage``). Plain functions: no
 params, no MLflow, no global state.
+
+The fidelity stage's report is built from them by ``report`` (per-class metrics, tables, progress
+lines), ``figures`` (its figures) and ``tracking`` (the only module here that logs to MLflow: the
+report's metrics and figures go into the scored GAN runs).
 """
 
 from dermagan.fidelity.cas import cas_report, classification_accuracy_score

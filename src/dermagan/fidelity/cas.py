@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from dermagan.errors import DermaganError
+from dermagan.evaluate.metrics import balanced_accuracy
 from dermagan.fidelity.encoder import (
-    _check_images,
-    _check_labels,
-    balanced_accuracy,
+    check_images,
+    check_labels,
     predict_labels,
     train_domain_encoder,
 )
@@ -37,7 +37,7 @@ def classification_accuracy_score(
     device: torch.device | str | None = None,
 ) -> float:
     """Balanced accuracy on the test images of a from-scratch ``DomainEncoder`` trained only on the train images."""
-    test_labels = _check_labels(test_labels, len(_check_images(test_images, "test_images")), num_classes, "test_labels")
+    test_labels = check_labels(test_labels, len(check_images(test_images, "test_images")), num_classes, "test_labels")
     if not len(test_labels):
         raise DermaganError("test_images: need at least one test image")
     model, _ = train_domain_encoder(train_images, train_labels, num_classes, epochs=epochs, batch_size=batch_size,
@@ -89,7 +89,7 @@ def cas_report(
     if len(classes) < 2:
         raise DermaganError(f"cas: synthetic needs images of at least 2 classes, got {classes}")
     for name, source in (("synthetic", synthetic), ("real_train", real_train), ("real_val", real_val)):
-        shapes = {tuple(_check_images(source[c], f"{name}[{c!r}]").shape[1:]) for c in classes}
+        shapes = {tuple(check_images(source[c], f"{name}[{c!r}]").shape[1:]) for c in classes}
         if len(shapes) > 1 or shapes != {tuple(synthetic[classes[0]].shape[1:])}:
             raise DermaganError(f"cas: {name} images differ in size from the synthetic ones: {sorted(shapes)}")
     counts = {c: min(len(synthetic[c]), len(real_train[c])) for c in classes}

@@ -9,21 +9,21 @@ images in a space that nothing in the GAN was optimised against.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from tqdm.auto import tqdm
 
 from dermagan.atomic import atomic_file
+from dermagan.evaluate.metrics import balanced_accuracy
 from dermagan.classify.inference import to_float_batch
 from dermagan.classify.train import balanced_class_weights
 from dermagan.errors import DermaganError
 
 DOMAIN_SPACE = "domain-cnn-ham10000-train-penultimate256"
+ENCODER_FILE = "encoder.pt"  # the file the domain_encoder stage writes in its folder (read by fidelity, tuning)
 WIDTHS = (32, 64, 128, 256)
 FEATURE_DIM = WIDTHS[-1]
 MIN_SIZE = 2 ** len(WIDTHS)  # four 2x max-pools need at least 16 px
@@ -70,7 +70,7 @@ class DomainEncoder(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-def _check_images(images: np.ndarray, field: str) -> np.ndarray:
+def check_images(images: np.ndarray, field: str) -> np.ndarray:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         shape = getattr(images, "shape", None)
         dtype = getattr(images, "dtype", type(images).__name__)
@@ -80,7 +80,7 @@ def _check_images(images: np.ndarray, field: str) -> np.ndarray:
     return images
 
 
-def _check_labels(labels: np.ndarray, n: int, num_classes: int, field: str) -> np.ndarray:
+def check_labels(labels: np.ndarray, n: int, num_classes: int, field: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
         raise DermaganError(f"{field}: expected {n} integer labels, got {labels.dtype} {labels.shape}")
@@ -121,7 +121,7 @@ def _device(device: torch.device | str | None) -> torch.device:
 def _apply(model: DomainEncoder, images: np.ndarray, method: str, batch_size: int,
            device: torch.device | str | None) -> np.ndarray:
     """``model.<method>`` on uint8 images (N, H, W, 3), batch by batch, in eval mode; float64 out."""
-    images = _check_images(images, "images")
+    images = check_images(images, "images")
     if model.image_size is not None and tuple(images.shape[1:3]) != model.image_size:
         raise DermaganError(f"images: the encoder was trained on {model.image_size} px images, "
                             f"got {tuple(images.shape[1:3])} (features at another scale are another space)")
@@ -149,14 +149,6 @@ def predict_labels(model: DomainEncoder, images: np.ndarray, batch_size: int = 2
     return _apply(model, images, "forward", batch_size, device).argmax(1)
 
 
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """scikit-learn's balanced accuracy (mean recall over the classes in ``y_true``), without its warning
-    about predicted classes that ``y_true`` lacks (normal for a classifier trained on poor images)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        return float(balanced_accuracy_score(y_true, y_pred))
-
-
 def train_domain_encoder(
     images: np.ndarray,
     labels: np.ndarray,
@@ -181,8 +173,8 @@ def train_domain_encoder(
     The caller's global torch RNG state is left as it was. The last epoch's weights are returned
     (validation is only reported, never used to pick an epoch).
     """
-    images = _check_images(images, "images")
-    labels = _check_labels(labels, len(images), num_classes, "labels")
+    images = check_images(images, "images")
+    labels = check_labels(labels, len(images), num_classes, "labels")
     if len(images) < 2:
         raise DermaganError(f"images: need at least 2 training images, got {len(images)}")
     if epochs < 1 or batch_size < 2 or not lr > 0:
@@ -190,8 +182,8 @@ def train_domain_encoder(
     if (val_images is None) != (val_labels is None):
         raise DermaganError("val_images/val_labels: give both or neither")
     if val_images is not None:
-        val_images = _check_images(val_images, "val_images")
-        val_labels = _check_labels(val_labels, len(val_images), num_classes, "val_labels")
+        val_images = check_images(val_images, "val_images")
+        val_labels = check_labels(val_labels, len(val_images), num_classes, "val_labels")
     device = _device(device)
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.spatial.distance import cdist
 
 from dermagan.errors import DermaganError
-from dermagan.fidelity.memorisation import _CHUNK_ENTRIES, _features  # the same checks and chunking
+from dermagan.fidelity.memorisation import CHUNK_ENTRIES, check_features  # the same checks and chunking
 
 
 def source_distances(translated_features: np.ndarray, reference_features: np.ndarray,
@@ -32,8 +32,8 @@ def source_distances(translated_features: np.ndarray, reference_features: np.nda
     ``reference_features`` (M, D): the source-class images (every candidate source);
     ``source_index`` (N,): the row of each translated image's own source in it.
     """
-    query = _features(translated_features, "translated_features")
-    reference = _features(reference_features, "reference_features")
+    query = check_features(translated_features, "translated_features")
+    reference = check_features(reference_features, "reference_features")
     index = np.asarray(source_index)
     if query.shape[1] != reference.shape[1]:
         raise DermaganError(f"translated_features: {query.shape[1]} dims, reference_features has {reference.shape[1]}")
@@ -44,7 +44,7 @@ def source_distances(translated_features: np.ndarray, reference_features: np.nda
     if len(index) and (index.min() < 0 or index.max() >= len(reference)):
         raise DermaganError(f"source_index: rows must be in [0, {len(reference)}), got {index.min()}..{index.max()}")
     own, other = np.empty(len(query)), np.empty(len(query))
-    chunk = max(1, _CHUNK_ENTRIES // len(reference))
+    chunk = max(1, CHUNK_ENTRIES // len(reference))
     for start in range(0, len(query), chunk):
         d = cdist(query[start:start + chunk], reference)
         rows = np.arange(len(d))

@@ -11,10 +11,11 @@ import numpy as np
 
 from dermagan.errors import DermaganError
 
-_CHUNK_ENTRIES = 1 << 23  # ~64 MB of float64 distances per chunk
+CHUNK_ENTRIES = 1 << 23  # ~64 MB of float64 distances per chunk
 
 
-def _features(x: np.ndarray, name: str) -> np.ndarray:
+def check_features(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` as a finite float64 (N, D) array, or an error naming ``name``."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise DermaganError(f"{name}: expected a 2-D array (N, D), got shape {x.shape}")
@@ -28,13 +29,14 @@ def nearest_train_distances(query_features: np.ndarray, train_features: np.ndarr
 
     Computed in query chunks of at most ~8M distances, so 10k x 10k stays well under a GB.
     """
-    query, train = _features(query_features, "query_features"), _features(train_features, "train_features")
+    query = check_features(query_features, "query_features")
+    train = check_features(train_features, "train_features")
     if query.shape[1] != train.shape[1]:
         raise DermaganError(f"query_features: {query.shape[1]} dims, train_features has {train.shape[1]}")
     if not len(train):
         raise DermaganError("train_features: empty, no nearest neighbour to measure")
     train_sq = (train * train).sum(1)
-    chunk = max(1, _CHUNK_ENTRIES // len(train))
+    chunk = max(1, CHUNK_ENTRIES // len(train))
     out = np.empty(len(query))
     for start in range(0, len(query), chunk):
         q = query[start:start + chunk]

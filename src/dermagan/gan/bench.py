@@ -84,3 +84,24 @@ def fidelity_curve(trainer: GanTrainer, score: Callable[[np.ndarray], dict], eva
         start = time.perf_counter()
         train_gan(trainer, stop_after_images=trainer.images_seen + eval_every)
         trained += time.perf_counter() - start
+
+
+def curve_labels(num_classes: int | None, fixed_label: int | None, n_samples: int) -> int | np.ndarray | None:
+    """The labels a fidelity curve samples with: none (unconditional), the fixed class (stage 2 of a
+    conditional stage 1), or every class in turn (conditional stage 1, as in its training mixture)."""
+    if not num_classes:
+        return None
+    if fixed_label is not None:
+        return fixed_label
+    return np.arange(int(n_samples)) % num_classes
+
+
+def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> one uint8 grid image, ``columns`` wide, 2 px gaps."""
+    n, h, w, _ = images.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + 2), columns * (w + 2), 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = image
+    return grid

@@ -24,13 +24,13 @@ Same interface as :class:`dermagan.gan.projected.ProjectedDiscriminator`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dermagan.errors import DermaganError
+from dermagan.gan.freeze import FreezeDMixin
 from dermagan.gan.projected import FrozenEfficientNetLite0, sn_conv
 
 # Stages of the frozen EfficientNet-Lite0 compared by the perceptual reconstruction loss.
@@ -90,14 +90,17 @@ class SimpleDecoder(nn.Module):
         return self.main(x)
 
 
-class FastGanDiscriminator(nn.Module):
+class FastGanDiscriminator(FreezeDMixin, nn.Module):
     """FastGAN discriminator with reconstruction self-supervision (see the module docstring).
 
     ``ndf``: width at full size; it doubles per halving, up to 8 x ndf.
     ``num_classes``: None = unconditional, else projection-conditional (logit + <embed(y), pooled 8x8 features>).
     ``seed``: accepted for the interface shared with the projected D; this D has no random frozen parts.
     ``feature_net``: an already loaded frozen network for the perceptual loss; None loads one.
+    Freeze-D (``freeze_blocks``, ``num_blocks``, ``trainable_parameters``): :class:`FreezeDMixin`.
     """
+
+    freeze_d_kind = "FastGAN"
 
     def __init__(self, image_size: int = 64, ndf: int = 64, num_classes: int | None = None, seed: int = 0,
                  feature_net: FrozenEfficientNetLite0 | None = None):
@@ -119,7 +122,7 @@ class FastGanDiscriminator(nn.Module):
         self.decoder_big = SimpleDecoder(c8, n_up, ndf)
         self.decoder_part = SimpleDecoder(c16, n_up, ndf)
         self.perceptual = feature_net if feature_net is not None else FrozenEfficientNetLite0()
-        self._frozen = {f"perceptual.{name}" for name, _ in self.perceptual.named_parameters()}
+        self.keep_frozen(f"perceptual.{name}" for name, _ in self.perceptual.named_parameters())
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (self.image_size, self.image_size):
@@ -192,33 +195,7 @@ class FastGanDiscriminator(nn.Module):
         crop = F.interpolate(crop, size=rec_part.shape[-2:], mode="area")
         return loss + self._perceptual_l1(rec_part, crop)
 
-    def num_blocks(self) -> int:
-        """Down-path blocks (initial conv + DownBlockComps): the largest Freeze-D k."""
-        return len(self.blocks)
-
-    def freeze_blocks(self, k: int) -> list[str]:
-        """Freeze-D (Mo et al., 2020): fix the first ``k`` down blocks (block 0 = the initial conv).
-
-        The logit head, class embedding and decoders stay trainable. Call before building the
-        optimiser over :meth:`trainable_parameters`. Returns the names of the parameters fixed here.
-        """
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.num_blocks():
-            raise DermaganError(f"params: freeze_d_blocks must be an integer in 0..{self.num_blocks()} "
-                                f"for this FastGAN discriminator, got {k!r}")
-        names = []
-        for j, block in enumerate(self.blocks[:k]):
-            for pname, param in block.named_parameters():
-                param.requires_grad_(False)
-                names.append(f"blocks.{j}.{pname}")
-        self._frozen.update(names)
-        return names
-
-    def requires_grad_(self, requires_grad: bool = True) -> FastGanDiscriminator:
-        """Like ``nn.Module.requires_grad_``, but the perceptual network and Freeze-D blocks stay fixed."""
-        for name, param in self.named_parameters():
-            param.requires_grad_(requires_grad and name not in self._frozen)
-        return self
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters the optimiser gets: everything but the perceptual network and Freeze-D blocks."""
-        return (p for p in self.parameters() if p.requires_grad)
+    def freeze_d_chains(self) -> list[tuple[str, nn.ModuleList]]:
+        """Freeze-D: the down path (block 0 = the initial conv); the logit head, class embedding and
+        decoders stay trainable."""
+        return [("blocks", self.blocks)]

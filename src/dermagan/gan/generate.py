@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from dermagan.data.prepared import SplitArrays
 from dermagan.errors import DermaganError
 from dermagan.gan.factory import create_generator
 
@@ -115,3 +117,54 @@ def manifest_rows(files: list[str], dx: str, model_version: str, seed: int,
     if sources is not None:
         rows["source"] = list(sources)
     return rows
+
+
+def candidate_counts(wanted: dict[str, int], factor: float) -> dict[str, int]:
+    """``wanted`` images per class times ``factor`` (>= 1, rounded up): spares for dedup to drop."""
+    if factor < 1:
+        raise DermaganError(f"params: gan.candidates_factor must be >= 1, got {factor}")
+    return {dx: math.ceil(n * factor) for dx, n in wanted.items()}
+
+
+def index_entry(index: dict[str, dict], method: str, dx: str, gan_dir: Path) -> dict:
+    """The index entry of the generator that makes class ``dx`` for ``method``."""
+    from dermagan.gan.methods import generator_name
+
+    name = generator_name(method, dx)
+    if name not in index:
+        raise DermaganError(f"no generator '{name}' for class {dx} in {gan_dir} (have {sorted(index)})")
+    return index[name]
+
+
+def make_class_images(method: str, path: Path, dx: str, n: int, seed: int, train: SplitArrays,
+                      task_classes: Sequence[str]) -> tuple[np.ndarray, list[str] | None]:
+    """``n`` images of class ``dx`` from the generator saved at ``path``, and their sources (translations only).
+
+    A translation method translates distinct real source-class train images; a conditional one
+    samples its class label; any other samples its saved label (None, or stage 2's fixed class).
+    """
+    from dermagan.gan.methods import get_method
+
+    kind = get_method(method)
+    if kind.translation:
+        return translate_train_images(path, train, dx, n, seed, task_classes, method)
+    generator, saved = load_generator(path)
+    label = saved["classes"].index(dx) if kind.conditional else saved.get("label")
+    return sample_images(generator, n, seed, label), None
+
+
+def translate_train_images(path: Path, train: SplitArrays, dx: str, n: int, seed: int,
+                           task_classes: Sequence[str], method: str = "cyclegan") -> tuple[np.ndarray, list[str]]:
+    """``n`` distinct train images of the translator's source class, drawn for ``seed`` and translated into
+    ``dx`` by the CycleGAN G_AB saved at ``path``, and their image ids (the manifest's ``source``)."""
+    from dermagan.gan.cyclegan import choose_sources, load_translator, translate
+
+    translator, saved = load_translator(path)
+    source_class = saved["source_class"]
+    pool = np.flatnonzero(train.labels == list(task_classes).index(source_class))
+    if n > len(pool):
+        raise DermaganError(f"params: gan.amount x gan.candidates_factor asks for {n} {method} images of {dx}, but "
+                            f"the prepared train split has only {len(pool)} {source_class} images to translate "
+                            "(each is used once)")
+    picked = pool[choose_sources(len(pool), n, seed)]
+    return translate(translator, train.images[picked]), [str(i) for i in train.image_ids[picked]]

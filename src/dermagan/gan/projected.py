@@ -16,7 +16,6 @@ relies on it): ``forward(x, y) -> (N, M)`` logits, ``forward_features`` / ``head
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from dermagan.errors import DermaganError
+from dermagan.gan.freeze import FreezeDMixin
 
 BACKBONE = "tf_efficientnet_lite0"
 # EfficientNet-Lite0 blocks grouped into the four scales the paper reads:
@@ -175,7 +175,7 @@ class ScaleDiscriminator(nn.Module):
         return out.flatten(1)
 
 
-class ProjectedDiscriminator(nn.Module):
+class ProjectedDiscriminator(FreezeDMixin, nn.Module):
     """Projected GAN discriminator: frozen EfficientNet-Lite0 + frozen random projections + 4 small trainable Ds.
 
     ``feature_size``: the feature network sees the image bilinearly resized to this size (e.g. 128
@@ -185,7 +185,10 @@ class ProjectedDiscriminator(nn.Module):
     ``num_classes``: None = unconditional, else projection-conditional heads of ``cmap_dim``.
     ``seed``: seeds the frozen random projections (bit-identical for the same seed).
     ``feature_net``: an already loaded frozen network to share (it is never changed); None loads one.
+    Freeze-D (``freeze_blocks``, ``num_blocks``, ``trainable_parameters``): :class:`FreezeDMixin`.
     """
+
+    freeze_d_kind = "projected"
 
     def __init__(self, image_size: int = 64, ndf: int = 64, num_classes: int | None = None,
                  feature_size: int | None = None, proj_channels: int = 64, cmap_dim: int = 64, seed: int = 0,
@@ -207,8 +210,7 @@ class ProjectedDiscriminator(nn.Module):
         self.map_sizes = sizes
         self.discs = nn.ModuleList(ScaleDiscriminator(w, s, ndf, num_classes, cmap_dim)
                                    for w, s in zip(widths, sizes, strict=True))
-        self._always_frozen = {name for name, _ in self.named_parameters() if not name.startswith("discs.")}
-        self._frozen: set[str] = set(self._always_frozen)
+        self.keep_frozen(name for name, _ in self.named_parameters() if not name.startswith("discs."))
 
     def _project(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.feature_size is not None and self.feature_size != x.shape[-1]:
@@ -256,38 +258,10 @@ class ProjectedDiscriminator(nn.Module):
         """No auxiliary loss for the projected D: a zero scalar (same signature as FastGAN's D)."""
         return x_real.new_zeros(())
 
-    def num_blocks(self) -> int:
-        """The most trainable blocks any per-scale discriminator has (the largest useful Freeze-D k)."""
-        return max(len(disc.blocks) for disc in self.discs)
-
-    def freeze_blocks(self, k: int) -> list[str]:
-        """Freeze-D (Mo et al., 2020): fix the first ``k`` DownBlocks of every per-scale D.
-
-        A scale with fewer blocks has all of them fixed; the heads and class embeddings stay
-        trainable. The feature network and projections are fixed anyway. Call before building the
-        optimiser over :meth:`trainable_parameters`. Returns the names of the parameters fixed here.
-        """
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.num_blocks():
-            raise DermaganError(f"params: freeze_d_blocks must be an integer in 0..{self.num_blocks()} "
-                                f"for this projected discriminator, got {k!r}")
-        names = []
-        for i, disc in enumerate(self.discs):
-            for j, block in enumerate(disc.blocks[:k]):
-                for pname, param in block.named_parameters():
-                    param.requires_grad_(False)
-                    names.append(f"discs.{i}.blocks.{j}.{pname}")
-        self._frozen.update(names)
-        return names
-
-    def requires_grad_(self, requires_grad: bool = True) -> ProjectedDiscriminator:
-        """Like ``nn.Module.requires_grad_``, but the frozen network, projections and Freeze-D blocks stay fixed."""
-        for name, param in self.named_parameters():
-            param.requires_grad_(requires_grad and name not in self._frozen)
-        return self
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters the optimiser gets: those of the per-scale Ds not fixed by Freeze-D."""
-        return (p for p in self.parameters() if p.requires_grad)
+    def freeze_d_chains(self) -> list[tuple[str, nn.ModuleList]]:
+        """Freeze-D: the DownBlocks of every per-scale D, one chain per scale (heads and class embeddings
+        stay trainable; the feature network and projections are fixed anyway)."""
+        return [(f"discs.{i}.blocks", disc.blocks) for i, disc in enumerate(self.discs)]
 
 
 def _check_int(field: str, value: object, minimum: int) -> None:

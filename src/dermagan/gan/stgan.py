@@ -16,7 +16,7 @@ with a half-life in images, Adam. The loop, EMA, checkpoints and resume are ``Ga
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,39 +26,12 @@ from dermagan.gan.diffaugment import parse_policy
 from dermagan.gan.factory import create_discriminator, create_generator
 from dermagan.gan.losses import barlow_twins_loss, discriminator_loss
 from dermagan.gan.train import GanTrainer
+from dermagan.gan.configs import StganConfig  # noqa: F401 (re-exported)
 
 
 STGAN_DISCRIMINATORS = ("projected", "fastgan")
 
 
-@dataclass(frozen=True)
-class StganConfig:
-    image_size: int = 64
-    latent_dim: int = 128
-    ngf: int = 16
-    ndf: int = 32
-    discriminator: str = "projected"  # projected | fastgan
-    feature_size: int | None = None  # projected D: the feature network sees this size (None = image size)
-    num_classes: int | None = None  # None: unconditional; else conditional (conditional BN in G, projection in D)
-    loss: str = "hinge"
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.0
-    beta2: float = 0.99
-    batch_size: int = 32
-    total_images: int = 40_000
-    ema_half_life_images: int = 5_000
-    diffaugment: str = "color,translation,cutout"
-    diffaugment_p: float = 1.0  # DiffAugment strength: probability that a D input is augmented
-    aux_weight: float = 1.0  # FastGAN D: weight of the reconstruction loss on reals
-    freeze_d_blocks: int = 0
-    barlow_weight: float = 0.0
-    barlow_lambda: float = 0.0051
-    snapshot_every_images: int = 5_000
-    checkpoint_every_images: int = 5_000
-    grid_size: int = 16
-    seed: int = 0
-    fixed_label: int | None = None  # stage 2 of a conditional stage 1: every sample is this class
 
 
 class StganTrainer(GanTrainer):
@@ -136,3 +109,18 @@ def stage_one_state(path: Path) -> dict:
     if not Path(path).exists():
         raise DermaganError(f"stage-1 generator not found: {path} (run the train_stgan_base stage first)")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_stage_one(saved_config: dict, cfg: StganConfig, path: Path) -> None:
+    """Refuse a stage-1 file (``path``, config ``saved_config``) trained with other network settings than
+    the stage-2 ``cfg``: every ``gan.stgan.net`` key but the ones a stage may override, and the image size
+    and number of classes, must be equal."""
+    from dermagan.gan.methods import STGAN_NET_KEYS, STGAN_OVERRIDABLE
+
+    stage1_cfg = {k: v for k, v in saved_config.items()
+                  if (k in STGAN_NET_KEYS and k not in STGAN_OVERRIDABLE) or k in ("image_size", "num_classes")}
+    mine = {k: v for k, v in asdict(cfg).items() if k in stage1_cfg}
+    if mine != stage1_cfg:
+        changed = sorted(k for k in stage1_cfg if stage1_cfg[k] != mine.get(k))
+        raise DermaganError(f"{path} was trained with other gan.stgan.net settings ({changed}); "
+                            "re-run the train_stgan_base stage (dvc repro does)")

@@ -19,30 +19,9 @@ from torchvision.utils import make_grid
 from dermagan.gan.diffaugment import diff_augment, parse_policy
 from dermagan.gan.losses import check_loss, discriminator_loss, generator_loss
 from dermagan.gan.models import Discriminator, Generator, init_weights
+from dermagan.gan.configs import GanConfig  # noqa: F401 (re-exported)
 
 
-@dataclass(frozen=True)
-class GanConfig:
-    image_size: int = 64
-    latent_dim: int = 100
-    ngf: int = 64
-    ndf: int = 64
-    d_dropout: float = 0.3
-    num_classes: int | None = None  # None: unconditional (one GAN per class); else conditional
-    loss: str = "hinge"  # hinge | non_saturating
-    label_smoothing: float = 0.0  # one-sided: real target 1 - smoothing (non_saturating only)
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 32
-    total_images: int = 100_000
-    ema_half_life_images: int = 10_000
-    diffaugment: str = "color,translation,cutout"
-    snapshot_every_images: int = 20_000
-    checkpoint_every_images: int = 20_000
-    grid_size: int = 16
-    seed: int = 0
 
 
 def ema_beta(batch_size: int, half_life_images: int) -> float:
@@ -172,7 +151,8 @@ def resume_gan(trainer: GanTrainer, path: Path) -> bool:
     return True
 
 
-def _crossed(before: int, after: int, every: int) -> bool:
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether going from ``before`` to ``after`` images passes a multiple of ``every`` (a schedule point)."""
     return every > 0 and before // every != after // every
 
 
@@ -191,9 +171,9 @@ def train_gan(
         losses = trainer.step()
         if on_step:
             on_step(trainer.images_seen, losses)
-        if on_snapshot and _crossed(before, trainer.images_seen, cfg.snapshot_every_images):
+        if on_snapshot and crossed(before, trainer.images_seen, cfg.snapshot_every_images):
             on_snapshot(trainer.images_seen, trainer.sample_grid())
-        if checkpoint and _crossed(before, trainer.images_seen, cfg.checkpoint_every_images):
+        if checkpoint and crossed(before, trainer.images_seen, cfg.checkpoint_every_images):
             save_gan_checkpoint(trainer, checkpoint)
     if checkpoint and trainer.images_seen >= cfg.total_images:
         save_gan_checkpoint(trainer, checkpoint)

@@ -18,33 +18,22 @@ import torch
 from PIL import Image
 
 from dermagan.atomic import atomic_file
-from dermagan.constants import CLASSES
+from dermagan.config import Config
+from dermagan.config.layout import LAYOUT
 from dermagan.data.prepared import read_split
 from dermagan.device import pick_device
 from dermagan.errors import DermaganError
 from dermagan.fidelity import domain_fidelity, encode, load_encoder
-from dermagan.gan.bench import fidelity_curve, profile_gan_step
+from dermagan.gan.artifacts import BASE_FILE
+from dermagan.gan.bench import curve_labels, fidelity_curve, image_grid, profile_gan_step
 from dermagan.gan.stgan import StganTrainer, stage_one_state
-from dermagan.params import section
 from dermagan.serialize import json_safe
-from dermagan.stages.train_stgan import BASE_FILE, stgan_config
 
 
-def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> one uint8 grid image, ``columns`` wide, 2 px gaps."""
-    n, h, w, _ = images.shape
-    rows = -(-n // columns)
-    grid = np.full((rows * (h + 2), columns * (w + 2), 3), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = image
-    return grid
-
-
-def run_bench_gan(params: dict, prepared: Path, *, stage: int = 1, dx: str | None = None,
+def run_bench_gan(cfg: Config, prepared: Path, *, stage: int = 1, dx: str | None = None,
                   discriminator: str | None = None, feature_size: int | None = None, steps: int = 10,
                   train_images: int = 0, eval_every: int = 4000, n_samples: int = 1000,
-                  domain_encoder: Path = Path("artifacts/domain_encoder"), out: Path | None = None,
+                  domain_encoder: Path = LAYOUT.domain_encoder, out: Path | None = None,
                   base: Path | None = None) -> dict:
     """Throughput (always) and, with ``train_images`` > 0, the fidelity curve of a training run.
 
@@ -52,17 +41,17 @@ def run_bench_gan(params: dict, prepared: Path, *, stage: int = 1, dx: str | Non
     ``base/base.pt``, exactly as the train_stgan stage does.
     """
     if stage == 2:
-        dx = dx or list(section(params, "gan", "classes"))[0]
-    cfg = stgan_config(params, f"stage{stage}", dx if stage == 2 else None)
+        dx = dx or cfg.gan.classes[0]
+    stgan = cfg.stgan_config(f"stage{stage}", dx if stage == 2 else None)
     overrides = {k: v for k, v in {"discriminator": discriminator, "feature_size": feature_size}.items() if v}
-    cfg = replace(cfg, **overrides)
-    device = pick_device(section(params, "train", "device"))
+    stgan = replace(stgan, **overrides)
+    device = pick_device(cfg.train.device)
     train, val = read_split(Path(prepared), "train"), read_split(Path(prepared), "val")
-    mask = np.ones(len(train), bool) if stage == 1 else train.labels == CLASSES.index(dx)
+    mask = np.ones(len(train), bool) if stage == 1 else train.labels == cfg.classes.index(dx)
     images = torch.from_numpy(train.images[mask]).permute(0, 3, 1, 2)
     labels = torch.from_numpy(train.labels[mask]).long()
-    result = {"stage": stage, "class": dx, "discriminator": cfg.discriminator, "config": asdict(cfg),
-              "throughput": profile_gan_step(StganTrainer(cfg, images, labels, device), steps)}
+    result = {"stage": stage, "class": dx, "discriminator": stgan.discriminator, "config": asdict(stgan),
+              "throughput": profile_gan_step(StganTrainer(stgan, images, labels, device), steps)}
     if train_images > 0:
         if eval_every <= 0:
             raise DermaganError(f"--eval-every must be positive, got {eval_every}")
@@ -71,10 +60,10 @@ def run_bench_gan(params: dict, prepared: Path, *, stage: int = 1, dx: str | Non
             raise DermaganError(f"domain encoder not found: {encoder_path} (dvc repro domain_encoder)")
         encoder = load_encoder(encoder_path, device)
         real = encode(encoder, train.images[mask], device=device)
-        val_mask = np.ones(len(val), bool) if stage == 1 else val.labels == CLASSES.index(dx)
+        val_mask = np.ones(len(val), bool) if stage == 1 else val.labels == cfg.classes.index(dx)
         result["yardstick"] = domain_fidelity(real, encode(encoder, val.images[val_mask], device=device))
         init = stage_one_state(Path(base) / BASE_FILE) if (base and stage == 2) else None
-        trainer = StganTrainer(replace(cfg, total_images=int(train_images)), images, labels, device, init=init)
+        trainer = StganTrainer(replace(stgan, total_images=int(train_images)), images, labels, device, init=init)
         result["initialised_from"] = str(Path(base) / BASE_FILE) if init else "fresh"
 
         def score(fake: np.ndarray) -> dict:
@@ -89,12 +78,7 @@ def run_bench_gan(params: dict, prepared: Path, *, stage: int = 1, dx: str | Non
                   f"(yardstick {result['yardstick']['fd_domain']:.2f}), k-NN recall "
                   f"{point['knn_recall_domain']:.2f}", flush=True)
 
-        if not cfg.num_classes:
-            label = None
-        elif cfg.fixed_label is not None:
-            label = cfg.fixed_label
-        else:  # conditional stage 1: every class in turn, as in the training data's mixture of classes
-            label = np.arange(int(n_samples)) % cfg.num_classes
+        label = curve_labels(stgan.num_classes, stgan.fixed_label, n_samples)
         result["curve"] = fidelity_curve(trainer, score, int(eval_every), int(n_samples), label, on_point=show)
     if out:
         with atomic_file(Path(out)) as tmp:

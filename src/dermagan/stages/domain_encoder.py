@@ -15,27 +15,28 @@ from pathlib import Path
 import pandas as pd
 
 from dermagan.atomic import atomic_dir, atomic_file
-from dermagan.constants import CLASSES
+from dermagan.config import Config
+from dermagan.config.layout import LAYOUT
 from dermagan.data.prepared import read_split
 from dermagan.device import pick_device
+from dermagan.errors import DermaganError
 from dermagan.fidelity import DOMAIN_SPACE, save_encoder, train_domain_encoder
-from dermagan.params import section
-
-ENCODER_FILE = "encoder.pt"
-METRICS = Path("metrics/domain_encoder.json")
+from dermagan.fidelity.encoder import ENCODER_FILE
 
 
-def run_domain_encoder(params: dict, prepared: Path, out_dir: Path, metrics_json: Path = METRICS) -> dict:
+def run_domain_encoder(cfg: Config, prepared: Path, out_dir: Path,
+                       metrics_json: Path = LAYOUT.domain_encoder_metrics) -> dict:
     """Train the encoder; write ``encoder.pt`` and ``history.csv`` to ``out_dir`` and a metrics JSON."""
-    cfg = section(params, "fidelity", "domain_encoder")
+    if cfg.fidelity is None:
+        raise DermaganError("params: missing key 'fidelity.domain_encoder' (epochs, batch_size, lr, seed)")
+    enc = cfg.fidelity.domain_encoder
     train, val = read_split(Path(prepared), "train"), read_split(Path(prepared), "val")
     started = time.perf_counter()
     model, history = train_domain_encoder(
-        train.images, train.labels, len(CLASSES), epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]),
-        lr=float(cfg["lr"]), seed=int(cfg["seed"]), device=pick_device(section(params, "train", "device")),
-        val_images=val.images, val_labels=val.labels)
+        train.images, train.labels, len(cfg.classes), epochs=enc.epochs, batch_size=enc.batch_size, lr=enc.lr,
+        seed=enc.seed, device=pick_device(cfg.train.device), val_images=val.images, val_labels=val.labels)
     wall = time.perf_counter() - started
-    info = {"feature_space": DOMAIN_SPACE, "trained_on": "real train split", "epochs": int(cfg["epochs"]),
+    info = {"feature_space": DOMAIN_SPACE, "trained_on": "real train split", "epochs": enc.epochs,
             "n_train_images": int(len(train)), "val_bal_acc": float(history["val_bal_acc"][-1]),
             "wall_seconds": wall}
     with atomic_dir(Path(out_dir)) as tmp, atomic_file(Path(metrics_json)) as tmp_json:

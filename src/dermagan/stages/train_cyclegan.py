@@ -13,78 +13,37 @@ Params: ``gan.cyclegan.net`` (shared by every class) updated with ``gan.cyclegan
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dermagan.atomic import atomic_dir
-from dermagan.constants import CLASSES
+from dermagan.config import Config
 from dermagan.data.prepared import read_split
 from dermagan.device import pick_device
-from dermagan.errors import DermaganError
-from dermagan.gan.cyclegan import CycleGanConfig, CycleGanTrainer, translator_file
-from dermagan.params import section
-from dermagan.stages.train_gan import augmented_classes, train_and_register
+from dermagan.gan.artifacts import write_class_generator
+from dermagan.gan.cyclegan import CycleGanTrainer, translator_file
+from dermagan.gan.datasets import domain_images
+from dermagan.gan.runs import train_and_register
 from dermagan.tracking.setup import configure
 
 METHOD = "cyclegan"
-KEYS = tuple(f.name for f in fields(CycleGanConfig) if f.name != "image_size")  # image_size: prepare.image_size
 
 
-def cyclegan_config(params: dict, dx: str) -> CycleGanConfig:
-    """CycleGanConfig from ``gan.cyclegan.net`` + ``gan.cyclegan.per_class.<dx>`` (image size: the prepared one)."""
-    block = section(params, "gan", "cyclegan")
-    values = dict(block.get("net") or {})
-    per_class = block.get("per_class") or {}
-    if dx not in per_class:
-        raise DermaganError(f"params: gan.cyclegan.per_class has no entry for class '{dx}' (every class in "
-                            f"gan.classes needs one, e.g. {dx}: {{total_images: 2000}})")
-    values.update(per_class[dx] or {})
-    if "total_images" not in values:
-        raise DermaganError(f"params: gan.cyclegan.per_class.{dx} (or gan.cyclegan.net) needs total_images "
-                            "(the training length in target-class images shown to D_B)")
-    unknown = sorted(set(values) - set(KEYS))
-    if unknown:
-        raise DermaganError(f"params: unknown gan.cyclegan keys {unknown} (net or per_class.{dx}); known: {list(KEYS)}")
-    cfg = CycleGanConfig(**values, image_size=int(section(params, "prepare", "image_size")))
-    if cfg.source_class not in CLASSES or cfg.source_class == dx:
-        raise DermaganError(f"params: gan.cyclegan source_class must be one of {list(CLASSES)} other than the "
-                            f"target class '{dx}', got '{cfg.source_class}'")
-    return cfg
-
-
-def domain_images(prepared: Path, source_class: str, dx: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NCHW real **train** images of the source class (domain A) and of ``dx`` (domain B)."""
-    train = read_split(prepared, "train")
-    images = torch.from_numpy(train.images).permute(0, 3, 1, 2)
-    out = []
-    for name in (source_class, dx):
-        mask = torch.from_numpy(train.labels == CLASSES.index(name))
-        if not bool(mask.any()):
-            raise DermaganError(f"no real train images of class '{name}' in {Path(prepared) / 'train.npz'}")
-        out.append(images[mask])
-    return out[0], out[1]
-
-
-def run_train_cyclegan(params: dict, dx: str, prepared: Path, out_dir: Path, checkpoint_dir: Path) -> dict:
+def run_train_cyclegan(cfg: Config, dx: str, prepared: Path, out_dir: Path, checkpoint_dir: Path) -> dict:
     """Train the source-class <-> ``dx`` CycleGAN; write ``<dx>.pt`` and ``generators.json`` to ``out_dir``."""
-    if dx not in augmented_classes(params):
-        raise DermaganError(f"class '{dx}' is not in params gan.classes {augmented_classes(params)}")
-    cfg = cyclegan_config(params, dx)
-    device = pick_device(section(params, "train", "device"))
-    configure(section(params, "gan", "experiment"))
-    images_a, images_b = domain_images(Path(prepared), cfg.source_class, dx)
-    trainer = CycleGanTrainer(cfg, images_a, images_b, device)
-    example = np.zeros((1, 3, cfg.image_size, cfg.image_size), dtype=np.float32)
+    cycle = cfg.cyclegan_config(dx)  # refuses a class outside gan.classes
+    device = pick_device(cfg.train.device)
+    configure(cfg.gan.experiment)
+    images_a, images_b = domain_images(read_split(prepared, "train"), cycle.source_class, dx, cfg.classes,
+                                       str(Path(prepared) / "train.npz"))
+    trainer = CycleGanTrainer(cycle, images_a, images_b, device)
+    example = np.zeros((1, 3, cycle.image_size, cycle.image_size), dtype=np.float32)
     info = train_and_register(trainer, trainer.G_AB, METHOD, dx, [dx], Path(checkpoint_dir) / METHOD / f"{dx}.pt",
                               run_params={"n_train_images": len(images_b), "n_source_images": len(images_a)},
-                              input_example=example, tags={"source_class": cfg.source_class,
-                                                           "translation": f"{cfg.source_class}->{dx}"},
+                              input_example=example, tags={"source_class": cycle.source_class,
+                                                           "translation": f"{cycle.source_class}->{dx}"},
                               stage="train_cyclegan")
     with atomic_dir(Path(out_dir)) as tmp:
-        torch.save(translator_file(trainer, dx), tmp / f"{dx}.pt")
-        (tmp / "generators.json").write_text(json.dumps({dx: {**info, "file": f"{dx}.pt"}}, indent=2))
+        write_class_generator(tmp, dx, translator_file(trainer, dx), info)
     return info

@@ -61,9 +61,45 @@ class PromotionDecision:
     forced: bool = False
 
 
+def parse_version(text: str | int | None) -> str | None:
+    """A model version as MLflow stores it ('3'); refuses anything but a positive integer."""
+    if text is None:
+        return None
+    value = str(text).strip()
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise DermaganError(f"--version must be a positive integer (a registered model version such as 3), "
+                            f"got '{text}'")
+    return str(int(value))
+
+
+def existing_versions(client: MlflowClient, name: str) -> list[int]:
+    """The version numbers registered under ``name`` (empty when there are none or the lookup fails)."""
+    try:
+        return sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    except (MlflowException, ValueError):
+        return []
+
+
+def model_version(client: MlflowClient, name: str, version: str):
+    """``client.get_model_version`` with a DermaganError naming the model and version when it is not there."""
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        versions = existing_versions(client, name)
+        known = (f"existing versions: {', '.join(map(str, versions))}" if versions
+                 else f"'{name}' has no registered versions (is the name right?)")
+        raise DermaganError(f"registered model '{name}' has no version {version} ({known}; "
+                            f"MLflow said: {exc.message if hasattr(exc, 'message') else exc})") from exc
+
+
 def _tag(client: MlflowClient, name: str, version: str, tag: str) -> float | None:
-    value = client.get_model_version(name, version).tags.get(tag)
-    return None if value is None else float(value)
+    value = model_version(client, name, version).tags.get(tag)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise DermaganError(f"{name} v{version}: tag '{tag}' is not a number: {value!r}") from exc
 
 
 def version_score(client: MlflowClient, name: str, version: str) -> float:
@@ -104,7 +140,7 @@ def best_version(client: MlflowClient, name: str) -> str:
 
 def load_test_predictions(client: MlflowClient, name: str, version: str) -> pd.DataFrame:
     """Per-image test predictions (image_id, actual, predicted) the evaluate stage logged to the version's run."""
-    run_id = client.get_model_version(name, version).run_id
+    run_id = model_version(client, name, version).run_id
     missing = (f"{name} v{version} has no '{PREDICTIONS_ARTIFACT}' artifact on its run {run_id}; "
                f"run `dermagan evaluate` for it first")
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,7 +204,7 @@ def promote(client: MlflowClient, name: str, version: str | None = None, force: 
     ``promoted_over`` and ``promotion_gate``.
     """
     chosen = version is None
-    version = str(version or best_version(client, name))
+    version = parse_version(version) or best_version(client, name)
     score = version_score(client, name, version)
     val_score = validation_score(client, name, version)
     val_text = "n/a" if val_score is None else f"{val_score:.3f}"

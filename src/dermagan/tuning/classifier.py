@@ -134,7 +134,7 @@ def kfold_scores(recipe: dict, data: Sequence[tuple[SplitArrays, SplitArrays]], 
 
 
 def make_objective(config: dict) -> Callable:
-    """objective(trial, report) for the plain values in ``config`` (see stages/tune.py)."""
+    """objective(trial, report) for the plain values in ``config`` (see tuning/targets.py)."""
     space = config["space"]
     check_space(space, "tune.classifier.space")
     data = folds(Path(config["prepared"]), config["objective"], int(config["kfold_splits"]), int(config["seed"]))

@@ -41,7 +41,7 @@ from dermagan.device import pick_device
 from dermagan.errors import DermaganError
 from dermagan.evaluate.fidelity import frechet_distance
 from dermagan.evaluate.metrics import balanced_accuracy, per_class_recall
-from dermagan.fidelity.encoder import encode, load_encoder
+from dermagan.fidelity.encoder import ENCODER_FILE, encode, load_encoder
 from dermagan.gan.generate import sample_images
 from dermagan.gan.stgan import StganConfig, StganTrainer, stage_one_state
 from dermagan.gan.train import train_gan
@@ -161,8 +161,8 @@ def feasibility(bal_acc: float, reference: float, tolerance: float) -> float:
 # --- the objective ------------------------------------------------------------------------------
 
 def make_objective(config: dict) -> Callable:
-    """objective(trial, report) for the plain values in ``config`` (built by stages/tune.py)."""
-    from dermagan.stages.evaluate import load_trained  # the train stage's model format
+    """objective(trial, report) for the plain values in ``config`` (built by tuning/targets.py)."""
+    from dermagan.classify.artifact import load_trained  # the train stage's model format
 
     space, dx = config["space"], config["class"]
     check_gan_space(space, f"tune.gan.space")
@@ -177,7 +177,7 @@ def make_objective(config: dict) -> Callable:
     images = torch.from_numpy(train.images[mask]).permute(0, 3, 1, 2)
     base = stage_one_state(Path(config["base_dir"]) / "base.pt")
     stage2 = StganConfig(**config["stage2"])
-    encoder_path = Path(config["domain_encoder"]) / "encoder.pt"
+    encoder_path = Path(config["domain_encoder"]) / ENCODER_FILE
     encoder = load_encoder(encoder_path, device)
     real_features = encode(encoder, train.images[mask])
     model, _ = load_trained(Path(config["classifier"]))

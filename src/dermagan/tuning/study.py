@@ -13,6 +13,7 @@ machines. Every worker calls ``create_study(load_if_exists=True)`` on the same n
 from __future__ import annotations
 
 import importlib
+import json
 import multiprocessing
 import os
 import socket
@@ -74,8 +75,81 @@ def make_storage(storage: str) -> optuna.storages.BaseStorage:
                 raise DermaganError(f"cannot open Optuna storage {_storage_label(storage)}: "
                                     f"{type(exc).__name__}: {exc}") from exc
     path = Path(storage)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DermaganError(f"Optuna journal {path}: cannot create its folder: {exc}") from exc
+    check_journal(path)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a journal file Optuna could not read, naming the file and the 1-based line; never writes.
+
+    Every line must be a JSON object and a non-empty file must end with a newline. A cut-off last
+    line (a killed write, a full disk) is not an error to Optuna's reader, but the next append
+    glues a new record onto it and the journal stays unreadable for good, so it is refused too.
+    Read under the journal's own lock, so a record another worker is appending is never half seen.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    path = Path(path)
+    if path.is_dir():
+        raise DermaganError(f"Optuna journal {path} is a folder, not a journal file; pass another --storage")
+    if not path.exists():
+        return
+    lock = JournalFileSymlinkLock(str(path))
+    locked = False
+    try:
+        locked = lock.acquire()
+    except OSError:  # a read-only folder: no lock file can be made; read without it
+        pass
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DermaganError(f"Optuna journal {path}: cannot read it: {exc}") from exc
+    finally:
+        if locked:
+            lock.release()
+    recover = (f"restore it from a copy if it is tracked (git: `git checkout -- {path}`; DVC: `dvc checkout`), "
+               "or move it away to start the study afresh; it was not modified")
+    offset = 0
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines)
+        if last and not line:
+            break  # the file ends with a newline (or is empty)
+        if last:  # bytes after the final newline: a record cut off while it was written
+            if _is_record(line):
+                fix = (f"if that last record is complete, add the newline yourself (`echo >> {path}`); "
+                       f"otherwise remove the line (`truncate -s {offset} {path}` keeps the {number - 1} "
+                       "line(s) before it)")
+            else:
+                fix = (f"a write was interrupted: remove that partial line yourself (`truncate -s {offset} "
+                       f"{path}` keeps the {number - 1} complete line(s) before it)")
+            raise DermaganError(f"Optuna journal {path}: line {number} is cut off (the file does not end with a "
+                                f"newline: {_preview(line)}); {fix}, or {recover}")
+        try:
+            record = json.loads(line)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise DermaganError(f"Optuna journal {path}: line {number} is not valid JSON ({exc}: "
+                                f"{_preview(line)}); {recover}") from exc
+        if not isinstance(record, dict):
+            raise DermaganError(f"Optuna journal {path}: line {number} is not a JSON object "
+                                f"({_preview(line)}); {recover}")
+        offset += len(line) + 1
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _preview(line: bytes, limit: int = 60) -> str:
+    text = line[:limit].decode("utf-8", errors="replace")
+    return repr(text) + ("..." if len(line) > limit else "")
 
 
 def make_pruner(cfg: dict) -> optuna.pruners.BasePruner:
@@ -329,9 +403,6 @@ def pruning_saved_seconds(trial: optuna.trial.FrozenTrial) -> float:
 
 def study_figures(study: optuna.Study) -> dict:
     """Optimisation history, parameter importances and parallel coordinates (matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from optuna.visualization import matplotlib as ovm
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]

@@ -11,7 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dermagan.constants import CLASSES, SPLITS
-from dermagan.data.images import find_image, open_rgb
+from dermagan.data.images import check_images_dir, find_image, open_rgb
 from dermagan.data.prepared import SplitArrays
 from dermagan.errors import DermaganError
 
@@ -40,7 +40,7 @@ def raw_status(images_dir: Path, image_id: str) -> tuple[bool, str]:
 
 def raw_columns(image_ids: list[str], raw_dir: Path) -> pd.DataFrame:
     """Decode every raw image once: columns raw_decodes and raw_mode, aligned with ``image_ids``."""
-    images_dir = Path(raw_dir) / "images"
+    images_dir = check_images_dir(Path(raw_dir) / "images")
     status = [raw_status(images_dir, image_id)
               for image_id in tqdm(image_ids, desc="check raw images", unit="img", mininterval=2)]
     decodes = [ok for ok, _ in status]
@@ -95,10 +95,17 @@ def check_aligned(rows: pd.DataFrame, arrays: SplitArrays, split: str) -> None:
 
 def image_frame(table: pd.DataFrame, arrays_by_split: dict[str, SplitArrays],
                 raw_dir: Path) -> pd.DataFrame:
-    """One row per image: ids, split, raw-file status and prepared-array statistics."""
+    """One row per image: ids, split, age, raw-file status and prepared-array statistics.
+
+    A table without an 'age' column gets no age column here; the suite then reports it missing.
+    """
+    columns = ["image_id", "lesion_id", "dx", "split"]
+    if "age" in table.columns:
+        table = table.assign(age=numeric_age(table))
+        columns.append("age")
     parts = []
     for split in SPLITS:
-        rows = table.loc[table["split"] == split, ["image_id", "lesion_id", "dx", "split"]]
+        rows = table.loc[table["split"] == split, columns]
         if split not in arrays_by_split:
             if len(rows):
                 raise DermaganError(f"split '{split}': {len(rows)} images listed but no arrays given")
@@ -117,6 +124,18 @@ def image_frame(table: pd.DataFrame, arrays_by_split: dict[str, SplitArrays],
     frame.insert(4, "raw_decodes", raw["raw_decodes"].to_numpy())
     frame.insert(5, "raw_mode", raw["raw_mode"].to_numpy())
     return frame
+
+
+def numeric_age(table: pd.DataFrame) -> pd.Series:
+    """The split table's ages as floats (empty = NaN: HAM10000 leaves some unknown); text is an error."""
+    age = pd.to_numeric(table["age"], errors="coerce")
+    text = table["age"].astype("string").str.strip()
+    bad = age.isna() & table["age"].notna() & (text != "")
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DermaganError(f"split table: column 'age' is not a number on {int(bad.sum())} row(s), e.g. image "
+                            f"{table['image_id'].iloc[i]} has age {table['age'].iloc[i]!r}")
+    return age.astype(float)
 
 
 def lesion_frame(images_frame: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,8 @@ from great_expectations import expectations as gxe  # noqa: E402
 
 from dermagan.constants import CLASSES  # noqa: E402
 
+MIN_AGE, MAX_AGE = 0, 120  # plausible patient ages in years (an unknown age is empty and passes)
+
 # Columns that identify a failing row in each frame (used for unexpected examples).
 FRAME_KEYS: dict[str, list[str]] = {
     "images": ["image_id"],
@@ -53,7 +55,7 @@ def make_suite(name: str, expectations: list) -> gx.ExpectationSuite:
 
 
 def images_suite(thresholds: Thresholds) -> gx.ExpectationSuite:
-    """Per-image checks: labels, ids, raw-file decoding, prepared shape and content."""
+    """Per-image checks: labels, ids, age, raw-file decoding, prepared shape and content."""
     size = thresholds.image_size
     classes = sorted(CLASSES)
     expectations = [
@@ -78,6 +80,10 @@ def images_suite(thresholds: Thresholds) -> gx.ExpectationSuite:
                                                     "prepared image is not blank/constant")),
         gxe.ExpectColumnValuesToBeUnique(column="image_id",
                                          **about("image_id unique", "each image is listed once")),
+        # Missing ages (NaN; 57 images in HAM10000, whose ages run 0-85) are skipped by GX, so they pass.
+        gxe.ExpectColumnValuesToBeBetween(column="age", min_value=MIN_AGE, max_value=MAX_AGE,
+                                          **about(f"{MIN_AGE} <= age <= {MAX_AGE}",
+                                                    "patient age in years is plausible (or unknown)")),
     ]
     return make_suite("images", expectations)
 

@@ -1,0 +1,54 @@
+"""The trained-classifier folder the train stage writes: ``model.pt`` (weights and what rebuilds the
+network) and ``mlflow.json`` (its MLflow run and registered version).
+
+Written by :func:`save_trained` (the train stage) and read by :func:`load_trained` (evaluate, the
+ensemble stage and pyfunc, the GAN tuner's probe), so the format lives in one place. ``model.pt``
+holds only tensors and plain values: it loads with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dermagan.classify.models import NormalizedClassifier, create_classifier
+from dermagan.errors import DermaganError
+
+MODEL_FILE = "model.pt"
+INFO_FILE = "mlflow.json"
+
+
+def model_payload(model: torch.nn.Module, backbone: str, tta: str, classes: tuple[str, ...] | list[str],
+                  image_size: int) -> dict:
+    """What ``model.pt`` holds: the state dict, the backbone, TTA, class names and image size, plus the
+    model's own ``checkpoint_fields()`` (e.g. ``kind: class_experts`` and its expert bank)."""
+    return {"state_dict": model.state_dict(), "backbone": backbone, "tta": tta, "classes": list(classes),
+            "image_size": image_size,
+            **(model.checkpoint_fields() if hasattr(model, "checkpoint_fields") else {})}
+
+
+def save_trained(folder: Path, model: torch.nn.Module, backbone: str, tta: str, classes: tuple[str, ...] | list[str],
+                 image_size: int, info: dict) -> None:
+    """Write ``model.pt`` and ``mlflow.json`` into ``folder`` (the caller makes it atomic)."""
+    folder = Path(folder)
+    torch.save(model_payload(model, backbone, tta, classes, image_size), folder / MODEL_FILE)
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+
+def load_trained(model_dir: Path) -> tuple[NormalizedClassifier, dict]:
+    """Rebuild the classifier saved by :func:`save_trained`; also return its ``mlflow.json``."""
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise DermaganError(f"{path}: trained model not found; run the train stage first")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("kind") == "class_experts":  # backbone + frozen class-expert discriminators (dermagan.experts)
+        from dermagan.experts import load_expert_classifier
+        model = load_expert_classifier(saved, path)
+    else:
+        model = create_classifier(saved["backbone"], tuple(saved["classes"]), saved["image_size"],
+                                  tta=saved.get("tta", "none"))
+        model.load_state_dict(saved["state_dict"])
+    info = json.loads((Path(model_dir) / INFO_FILE).read_text())
+    return model, info
