@@ -1,7 +1,9 @@
-"""``dermagan`` command line: one subcommand per pipeline stage, plus ui, promote and predict.
+"""dermagan: does GAN augmentation help rare skin-lesion classes? Measured on real-only, lesion-disjoint tests.
 
-Every stage reads ``params.yaml`` and the paths given on the command line (dvc.yaml passes
-them), then calls plain library functions.
+`dvc repro` runs the pipeline stages below in order (each is one subcommand); the other commands are
+studies (tune, cv, bench-*) and model use (promote, predict, ui). Every command reads params.yaml once
+(plus the tuned files it names), checks it, and fills unset paths from the project's one Layout.
+Run `dermagan COMMAND --help` for a command's options and defaults.
 """
 
 from __future__ import annotations
@@ -295,21 +297,8 @@ def cmd_ui(args: argparse.Namespace) -> None:
         raise DermaganError(f"cannot start the MLflow UI ({command[0]} -m mlflow): {exc}") from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dermagan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, func, help_text: str, needs_config: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-        p.set_defaults(func=func, needs_config=needs_config)
-        return p
-
-    from dermagan.gan.methods import METHODS, methods_with
-
-    gan_methods, dcgan_methods = sorted(METHODS), methods_with(train_stage="train_gan")
-
+def _data_commands(add) -> None:
+    """Data: import, checks, dedup thresholds."""
     p = add("prepare", cmd_prepare, "Resize raw HAM10000, split by lesion_id, write arrays and EDA figures.")
     p.add_argument("--raw", type=Path, help="HAM10000-layout folder (metadata.csv + images/)")
     p.add_argument("--out", type=Path)
@@ -320,68 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path)
     p.add_argument("--out", type=Path)
 
-    p = add("validate-augmented", cmd_validate_augmented,
-            "Assemble one arm's extra training images (GAN or oversampled) and check them with Great Expectations.")
-    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
+    p = add("calibrate-dedup", cmd_calibrate_dedup,
+            "Hash distances of same-lesion photo pairs vs nearest other lesions, to choose dedup thresholds.")
     p.add_argument("--prepared", type=Path)
-    p.add_argument("--synthetic-root", type=Path,
-                   help="holds <method>/generated and <method>/dedup (default: %(default)s)")
-    p.add_argument("--out", type=Path, help="checked extras for training (default: artifacts/trainsets/ARM)")
-    p.add_argument("--report", type=Path, help="report + Data Docs (default: reports/validation_augmented/ARM)")
-
-    p = add("train", cmd_train, "Train one classifier arm (see `arms` in params.yaml) with one seed and register it.")
-    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
-    p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
-    p.add_argument("--prepared", type=Path)
-    p.add_argument("--trainset", type=Path, help="extras from validate-augmented (default: artifacts/trainsets/ARM)")
-    p.add_argument("--out", type=Path, help="model folder (default: artifacts/models/ARM-sSEED)")
-    p.add_argument("--history", type=Path, help="per-epoch CSV (default: reports/train/ARM-sSEED.csv)")
-    p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
-
-    p = add("evaluate", cmd_evaluate, "Score one trained arm and seed on the real-only test split.")
-    p.add_argument("--arm", required=True)
-    p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
-    p.add_argument("--prepared", type=Path)
-    p.add_argument("--model-dir", type=Path, help="default: artifacts/models/ARM-sSEED")
-    p.add_argument("--metrics", type=Path, help="default: metrics/ARM-sSEED.json")
-    p.add_argument("--plots", type=Path, help="figures folder (default: reports/eval/ARM-sSEED)")
-    p.add_argument("--predictions", type=Path,
-                   help="per-image test predictions (default: reports/predictions/ARM-sSEED.csv)")
-    p.add_argument("--roc", type=Path, help="ROC curves on a shared FPR grid (default: reports/roc/ARM-sSEED.csv)")
-    p.add_argument("--reliability", type=Path,
-                   help="reliability-diagram bins, non-empty only (default: reports/reliability/ARM-sSEED.csv)")
-
-    p = add("compare-runs", cmd_compare_runs,
-            "Paired bootstrap of an arm's test predictions against an earlier run of it (e.g. tuned vs default GAN "
-            "settings): the same statistic as compare, on the same test images, seeds paired.")
-    p.add_argument("--arm", required=True, help="arm whose <arm>-s<seed>.csv predictions are compared")
-    p.add_argument("--baseline", type=Path, required=True, help="folder with the earlier predictions")
-    p.add_argument("--candidate", type=Path, help="default: %(default)s")
-    p.add_argument("--baseline-arm", help="arm name of the baseline files (default: --arm)")
-    p.add_argument("--out", type=Path, help="also write the verdicts as JSON here")
-
-    p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
-    p.add_argument("--metrics-dir", type=Path)
-    p.add_argument("--predictions-dir", type=Path)
-    p.add_argument("--history-dir", type=Path,
-                   help="per-epoch training histories; the GAN arms' comparator is the non-GAN arm with the best "
-                        "real-val balanced accuracy in them (default: %(default)s)")
     p.add_argument("--out", type=Path)
-    p.add_argument("--summary", type=Path, help="also write the summary (means, spreads, verdicts) here, "
-                   "e.g. a DVC metrics file")
 
-    p = add("ensemble", cmd_ensemble, "Combine the arms of each seed (BMA, tempered BMA, stacking, average; "
-            "weights fitted on real val only), score them on test against the best single arm (chosen on val), "
-            "and register one combiner as a pyfunc version of mlflow.registered_model.")
-    p.add_argument("--arms", nargs="+", help="member arms (default: params ensemble.arms, else every arm)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: params train.seeds)")
-    p.add_argument("--prepared", type=Path)
-    p.add_argument("--models-dir", type=Path,
-                   help="holds ARM-sSEED/model.pt from the train stage (default: %(default)s)")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--metrics", type=Path)
-    p.add_argument("--predictions-dir", type=Path,
-                   help="per-image test predictions, ensemble_COMBINER-sSEED.csv (default: %(default)s)")
+
+def _generator_commands(add) -> None:
+    """Generators: training, sampling, dedup and fidelity of GAN images."""
+    from dermagan.gan.methods import METHODS, methods_with
+
+    gan_methods, dcgan_methods = sorted(METHODS), methods_with(train_stage="train_gan")
 
     p = add("train-gan", cmd_train_gan, "Train DCGANs on the real train split (one per class, or one conditional).")
     p.add_argument("--method", required=True, choices=dcgan_methods)
@@ -440,11 +378,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, help="default: metrics/fidelity/METHOD.json")
     p.add_argument("--plots", type=Path, help="default: reports/fidelity/METHOD")
 
-    p = add("calibrate-dedup", cmd_calibrate_dedup,
-            "Hash distances of same-lesion photo pairs vs nearest other lesions, to choose dedup thresholds.")
-    p.add_argument("--prepared", type=Path)
-    p.add_argument("--out", type=Path)
 
+def _classifier_commands(add) -> None:
+    """Classifiers: augmented training sets, training, evaluation, comparison, ensembles."""
+    p = add("validate-augmented", cmd_validate_augmented,
+            "Assemble one arm's extra training images (GAN or oversampled) and check them with Great Expectations.")
+    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--synthetic-root", type=Path,
+                   help="holds <method>/generated and <method>/dedup (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="checked extras for training (default: artifacts/trainsets/ARM)")
+    p.add_argument("--report", type=Path, help="report + Data Docs (default: reports/validation_augmented/ARM)")
+
+    p = add("train", cmd_train, "Train one classifier arm (see `arms` in params.yaml) with one seed and register it.")
+    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
+    p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--trainset", type=Path, help="extras from validate-augmented (default: artifacts/trainsets/ARM)")
+    p.add_argument("--out", type=Path, help="model folder (default: artifacts/models/ARM-sSEED)")
+    p.add_argument("--history", type=Path, help="per-epoch CSV (default: reports/train/ARM-sSEED.csv)")
+    p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
+
+    p = add("evaluate", cmd_evaluate, "Score one trained arm and seed on the real-only test split.")
+    p.add_argument("--arm", required=True)
+    p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--model-dir", type=Path, help="default: artifacts/models/ARM-sSEED")
+    p.add_argument("--metrics", type=Path, help="default: metrics/ARM-sSEED.json")
+    p.add_argument("--plots", type=Path, help="figures folder (default: reports/eval/ARM-sSEED)")
+    p.add_argument("--predictions", type=Path,
+                   help="per-image test predictions (default: reports/predictions/ARM-sSEED.csv)")
+    p.add_argument("--roc", type=Path, help="ROC curves on a shared FPR grid (default: reports/roc/ARM-sSEED.csv)")
+    p.add_argument("--reliability", type=Path,
+                   help="reliability-diagram bins, non-empty only (default: reports/reliability/ARM-sSEED.csv)")
+
+    p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
+    p.add_argument("--metrics-dir", type=Path)
+    p.add_argument("--predictions-dir", type=Path)
+    p.add_argument("--history-dir", type=Path,
+                   help="per-epoch training histories; the GAN arms' comparator is the non-GAN arm with the best "
+                        "real-val balanced accuracy in them (default: %(default)s)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--summary", type=Path, help="also write the summary (means, spreads, verdicts) here, "
+                   "e.g. a DVC metrics file")
+
+    p = add("compare-runs", cmd_compare_runs,
+            "Paired bootstrap of an arm's test predictions against an earlier run of it (e.g. tuned vs default GAN "
+            "settings): the same statistic as compare, on the same test images, seeds paired.")
+    p.add_argument("--arm", required=True, help="arm whose <arm>-s<seed>.csv predictions are compared")
+    p.add_argument("--baseline", type=Path, required=True, help="folder with the earlier predictions")
+    p.add_argument("--candidate", type=Path, help="default: %(default)s")
+    p.add_argument("--baseline-arm", help="arm name of the baseline files (default: --arm)")
+    p.add_argument("--out", type=Path, help="also write the verdicts as JSON here")
+
+    p = add("ensemble", cmd_ensemble, "Combine the arms of each seed (BMA, tempered BMA, stacking, average; "
+            "weights fitted on real val only), score them on test against the best single arm (chosen on val), "
+            "and register one combiner as a pyfunc version of mlflow.registered_model.")
+    p.add_argument("--arms", nargs="+", help="member arms (default: params ensemble.arms, else every arm)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: params train.seeds)")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--models-dir", type=Path,
+                   help="holds ARM-sSEED/model.pt from the train stage (default: %(default)s)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--metrics", type=Path)
+    p.add_argument("--predictions-dir", type=Path,
+                   help="per-image test predictions, ensemble_COMBINER-sSEED.csv (default: %(default)s)")
+
+    p = add("cv", cmd_cv, "Lesion-grouped K-fold evaluation of one arm on train+val (the test split is never "
+            "read): per-fold and mean ± std balanced accuracy, report folder and MLflow runs (one parent, one "
+            "nested run per fold). Arms with extra: null or oversample (copies drawn from each fold's training "
+            "part); GAN and class-expert arms are refused (their models saw every fold's validation images). "
+            "A killed run resumes: finished folds are kept under CHECKPOINTS/cv/NAME and skipped.")
+    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
+    p.add_argument("--folds", type=int, help="K (default: params cv.folds)")
+    p.add_argument("--seed", type=int, help="fold assignment and training seed (default: params cv.seed)")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--out", type=Path, help="report folder: folds.csv, summary.json, folds.png "
+                   "(default: reports/cv/ARM-kK, with -sSEED when the seed is not cv.seed)")
+    p.add_argument("--checkpoints", type=Path,
+                   help="resume files go to CHECKPOINTS/cv/NAME (default: %(default)s)")
+    p.add_argument("--max-folds", type=int, help="train at most this many unfinished folds, then stop (run the "
+                   "same command again to continue); the report is written once all K are done")
+
+
+def _model_commands(add) -> None:
+    """Models: the registry, prediction, the MLflow UI."""
     p = add("promote", cmd_promote,
             "Move the `champion` alias to the evaluated version with the best validation balanced accuracy, "
             "unless a paired bootstrap on the test split shows it worse than the current champion beyond the CI.")
@@ -457,6 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models:/dermagan-classifier@champion", help="model URI (default: %(default)s)")
     p.add_argument("--out", type=Path)
 
+    p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.", needs_config=False)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+
+
+def _study_commands(add) -> None:
+    """Studies run on purpose: tuning and benchmarks."""
     p = add("tune", cmd_tune, "Optuna study of a target's hyperparameters on real-only validation scores "
             "(classifier: val balanced accuracy; gan: val recall of one class, with val balanced accuracy as a "
             "constraint; search space: params.yaml tune.<target>.space); resumes an existing study.")
@@ -480,22 +505,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="summary, trials table and figures (default: runs/tune/TARGET)")
     p.add_argument("--apply", action="store_true", help="write the best values into the tuned-params file "
                    "(params.yaml `tuned_params`; gan: `tuned_gan_params`)")
-
-    p = add("cv", cmd_cv, "Lesion-grouped K-fold evaluation of one arm on train+val (the test split is never "
-            "read): per-fold and mean ± std balanced accuracy, report folder and MLflow runs (one parent, one "
-            "nested run per fold). Arms with extra: null or oversample (copies drawn from each fold's training "
-            "part); GAN and class-expert arms are refused (their models saw every fold's validation images). "
-            "A killed run resumes: finished folds are kept under CHECKPOINTS/cv/NAME and skipped.")
-    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
-    p.add_argument("--folds", type=int, help="K (default: params cv.folds)")
-    p.add_argument("--seed", type=int, help="fold assignment and training seed (default: params cv.seed)")
-    p.add_argument("--prepared", type=Path)
-    p.add_argument("--out", type=Path, help="report folder: folds.csv, summary.json, folds.png "
-                   "(default: reports/cv/ARM-kK, with -sSEED when the seed is not cv.seed)")
-    p.add_argument("--checkpoints", type=Path,
-                   help="resume files go to CHECKPOINTS/cv/NAME (default: %(default)s)")
-    p.add_argument("--max-folds", type=int, help="train at most this many unfinished folds, then stop (run the "
-                   "same command again to continue); the report is written once all K are done")
 
     p = add("bench-train", cmd_bench_train, "Time the phases of an arm's training step (data, augment, forward, "
             "backward, optimiser) against raw forward+backward of the same network.")
@@ -525,9 +534,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain-encoder", type=Path)
     p.add_argument("--out", type=Path, help="write the figures (JSON) here")
 
-    p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.", needs_config=False)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dermagan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str, needs_config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+        p.set_defaults(func=func, needs_config=needs_config)
+        return p
+
+    for group in (_data_commands, _generator_commands, _classifier_commands, _model_commands, _study_commands):
+        group(add)  # subcommands in workflow order
     _document_defaults(sub)
     return parser
 
