@@ -71,12 +71,8 @@ def cmd_compare_runs(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from dermagan.stages.compare import run_compare
 
-    from dermagan.atomic import atomic_file
-
-    print(run_compare(args.config, args.metrics_dir, args.out, args.predictions_dir, args.history_dir))
-    if args.summary:  # a DVC metrics file may not live inside the report folder (a stage output)
-        with atomic_file(args.summary) as tmp:
-            tmp.write_bytes((args.out / "summary.json").read_bytes())
+    print(run_compare(args.config, args.metrics_dir, args.out, args.predictions_dir, args.history_dir,
+                      summary_json=args.summary))
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
@@ -503,6 +499,7 @@ def _study_commands(add) -> None:
     p.add_argument("--timeout-minutes", type=float, help="stop starting trials after this long "
                    "(default: tune.<target>.timeout_minutes)")
     p.add_argument("--report", type=Path, help="summary, trials table and figures (default: runs/tune/TARGET)")
+    p.set_defaults(apply_target=None)  # filled from params.yaml when --apply is given (checked before the study)
     p.add_argument("--apply", action="store_true", help="write the best values into the tuned-params file "
                    "(params.yaml `tuned_params`; gan: `tuned_gan_params`)")
 
@@ -532,7 +529,9 @@ def _study_commands(add) -> None:
                    "(e.g. artifacts/gan/stgan/base), as the train_stgan stage does")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--domain-encoder", type=Path)
-    p.add_argument("--out", type=Path, help="write the figures (JSON) here")
+    p.add_argument("--out", type=Path, help="write the figures (JSON) here; with --train-images the sample "
+                   "grids go to a folder beside it, named like it without the suffix")
+    p.set_defaults(grids=None)  # that folder (derived from --out, checked before anything runs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -595,8 +594,8 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
         "ensemble": lambda: {"models_dir": L.models, "out": L.ensemble, "metrics": L.ensemble_metrics,
                              "predictions_dir": L.ensemble_predictions},
         "train-gan": lambda: {"out": L.gan_dir(method)},
-        "train-stgan": lambda: {"base": L.stgan_base,
-                                "out": L.stgan_base if args.stage == 1 else L.gan_class_dir("stgan", dx)},
+        "train-stgan": lambda: {"base": L.stgan_base,  # stage 2 without --class: cmd_train_stgan names the problem
+                                "out": L.stgan_base if args.stage == 1 else (L.gan_class_dir("stgan", dx) if dx else None)},
         "train-cyclegan": lambda: {"out": L.gan_class_dir("cyclegan", dx)},
         "domain-encoder": lambda: {"out": L.domain_encoder, "metrics": L.domain_encoder_metrics},
         "generate": lambda: {"gan_dir": L.gan_dir(method), "out": L.synthetic(method, "generated")},
@@ -607,11 +606,31 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
                              "plots": L.fidelity_plots(method)},
         "calibrate-dedup": lambda: {"out": L.dedup_calibration},
         "predict": lambda: {"out": L.predictions_csv},
-        "tune": lambda: {"report": L.tune_report(args.target, method, dx)},
+        "tune": lambda: {"report": L.tune_report(args.target, method, dx), "apply_target": _apply_target(args)},
+        "cv": lambda: {"out": _cv_report(args)},
         "bench-train": lambda: {"out": L.bench(f"train-{arm}")},
         "bench-gan": lambda: {"out": L.bench(f"gan-stage{args.stage}" + (f"-{dx}" if dx else ""))},
     }
     return {**common, **per_command.get(cmd, dict)()}
+
+
+def _cv_report(args: argparse.Namespace) -> Path | str:
+    """``reports/cv/ARM-kK[-sSEED]`` from the arm, --folds/--seed and params ``cv`` (as the cv stage names it)."""
+    cfg = getattr(args, "config", None)
+    if cfg is None or cfg.cv is None:
+        return f"{LAYOUT.cv_report('ARM-kK')} (ARM-kK-sSEED when --seed is not params cv.seed)"
+    folds = args.folds if args.folds is not None else cfg.cv.folds
+    seed = args.seed if args.seed is not None else cfg.cv.seed
+    return LAYOUT.cv_report(LAYOUT.cv_name(args.arm, folds, seed, cfg.cv.seed))
+
+
+def _apply_target(args: argparse.Namespace) -> Path | str | None:
+    """The tuned-params file ``tune --apply`` rewrites (params.yaml names it; relative to the params file)."""
+    cfg = getattr(args, "config", None)
+    if cfg is None:
+        return "the file params.yaml names under tuned_params / tuned_gan_params"
+    name = cfg.tuned_gan_params if args.target == "gan" else cfg.tuned_params
+    return Path(args.params).parent / name if (args.apply and name) else None
 
 
 def _default_paths(args: argparse.Namespace) -> None:
@@ -621,6 +640,8 @@ def _default_paths(args: argparse.Namespace) -> None:
     for key, value in _layout_defaults(args).items():
         if getattr(args, key, "unset") is None:
             setattr(args, key, value)
+    if args.command == "bench-gan":  # the grids' folder, as dermagan.gan.bench.bench_grid_dir names it
+        args.grids = Path(args.out).with_suffix("")
 
 
 # The paths each subcommand reads (inputs; work: folders it keeps working files in) and writes
@@ -649,10 +670,13 @@ COMMAND_PATHS: dict[str, dict[str, tuple]] = {
                  "dirs": ("plots",), "files": ("metrics",)},
     "calibrate-dedup": {"inputs": ("prepared",), "dirs": ("out",)},
     "predict": {"inputs": (("images_dir", "images_dir"),), "files": ("out",)},
-    "tune": {"inputs": ("prepared",), "dirs": ("report",)},
+    "tune": {"inputs": ("prepared",), "dirs": ("report",),
+             "work": (("storage", "--storage", lambda a: bool(a.storage) and "://" not in a.storage),),
+             "files": (("apply_target", "--apply (the tuned-params file)", lambda a: a.apply),)},
     "cv": {"inputs": ("prepared",), "work": ("checkpoints",), "dirs": ("out",)},
     "bench-train": {"inputs": ("prepared",), "files": ("out",)},
-    "bench-gan": {"inputs": ("prepared", "domain_encoder", "base"), "files": ("out",)},
+    "bench-gan": {"inputs": ("prepared", "domain_encoder", "base"), "files": ("out",),
+                  "dirs": (("grids", "the sample grids (OUT without its suffix)", lambda a: a.train_images > 0),)},
 }
 
 

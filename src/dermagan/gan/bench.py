@@ -14,6 +14,7 @@ caller-given feature space (the domain encoder's): the curve of a metric against
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
@@ -105,3 +106,8 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
         r, c = divmod(i, columns)
         grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = image
     return grid
+
+
+def bench_grid_dir(out) -> Path:
+    """Where ``bench-gan --train-images`` writes the curve's sample grids: beside ``out``, without its suffix."""
+    return Path(out).with_suffix("")

@@ -10,6 +10,7 @@ This is how the discriminators were compared and how a bar out of reach shows it
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dermagan.atomic import atomic_file
+from dermagan.atomic import atomic_dir, atomic_file
 from dermagan.config import Config
 from dermagan.config.layout import LAYOUT
 from dermagan.data.prepared import read_split
@@ -25,7 +26,7 @@ from dermagan.device import pick_device
 from dermagan.errors import DermaganError
 from dermagan.fidelity import domain_fidelity, encode, load_encoder
 from dermagan.gan.artifacts import BASE_FILE
-from dermagan.gan.bench import curve_labels, fidelity_curve, image_grid, profile_gan_step
+from dermagan.gan.bench import bench_grid_dir, curve_labels, fidelity_curve, image_grid, profile_gan_step
 from dermagan.gan.stgan import StganTrainer, stage_one_state
 from dermagan.serialize import json_safe
 
@@ -52,6 +53,7 @@ def run_bench_gan(cfg: Config, prepared: Path, *, stage: int = 1, dx: str | None
     labels = torch.from_numpy(train.labels[mask]).long()
     result = {"stage": stage, "class": dx, "discriminator": stgan.discriminator, "config": asdict(stgan),
               "throughput": profile_gan_step(StganTrainer(stgan, images, labels, device), steps)}
+    grids: dict[str, np.ndarray] = {}
     if train_images > 0:
         if eval_every <= 0:
             raise DermaganError(f"--eval-every must be positive, got {eval_every}")
@@ -70,17 +72,18 @@ def run_bench_gan(cfg: Config, prepared: Path, *, stage: int = 1, dx: str | None
             return domain_fidelity(real, encode(encoder, fake, device=device))
 
         def show(point: dict, fake: np.ndarray) -> None:
-            if out:
-                grid = Path(out).with_suffix("") / f"samples_{point['images_seen']:07d}.png"
-                grid.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image_grid(fake[:64])).save(grid)
+            grids[f"samples_{point['images_seen']:07d}.png"] = image_grid(fake[:64])
             print(f"  {point['images_seen']:6d} images: domain FD {point['fd_domain']:.2f} "
                   f"(yardstick {result['yardstick']['fd_domain']:.2f}), k-NN recall "
                   f"{point['knn_recall_domain']:.2f}", flush=True)
 
         label = curve_labels(stgan.num_classes, stgan.fixed_label, n_samples)
         result["curve"] = fidelity_curve(trainer, score, int(eval_every), int(n_samples), label, on_point=show)
-    if out:
-        with atomic_file(Path(out)) as tmp:
+    if out:  # the JSON, and beside it (OUT without its suffix) the curve's sample grids, written at the end
+        grid_folder = atomic_dir(bench_grid_dir(out)) if grids else nullcontext()
+        with atomic_file(Path(out)) as tmp, grid_folder as tmp_grids:
             tmp.write_text(json.dumps(json_safe(result), indent=2))
+            for name, grid in grids.items():
+                Image.fromarray(grid).save(tmp_grids / name)
     return result
+

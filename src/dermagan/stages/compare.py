@@ -4,6 +4,7 @@ and ``compare-runs``: one arm's test predictions against an earlier run of it (o
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -41,13 +42,14 @@ __all__ = ["read_predictions", "run_compare", "run_compare_runs"]  # read_predic
 
 
 def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: Path,
-                history_dir: Path | None = None) -> str:
+                history_dir: Path | None = None, summary_json: Path | None = None) -> str:
     """Write comparison.md/.png, arms/runs/gan_vs_best CSVs, gan_vs_best.png and summary.json; log to MLflow.
 
     With ``history_dir`` (the train stage's per-epoch histories), the non-GAN arm every GAN arm is
     judged against is the one with the best mean real **validation** balanced accuracy, chosen
     once for all metrics, so the test split chooses nothing. Without it, the comparator is the
     best non-GAN arm per metric on test (the older, test-selected rule; the report says which).
+    ``summary_json``: also write the summary there (a DVC metrics file outside the report folder).
     """
     classes, evaluate = cfg.classes, cfg.evaluate
     arms = {arm: {**cfg.recipe(arm), "extra": cfg.arm(arm).extra} for arm in cfg.arms}
@@ -69,7 +71,10 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
     markdown = comparison_markdown(per_arm, verdicts, classes, seeds, len(y_true), evaluate.bootstrap_samples,
                                    evaluate.ci_level, rule, judged is not predictions)
     document = summary(per_arm, verdicts)
-    with atomic_dir(Path(out_dir)) as tmp:
+    summary_file = atomic_file(Path(summary_json)) if summary_json else nullcontext()
+    with atomic_dir(Path(out_dir)) as tmp, summary_file as tmp_sum:
+        if tmp_sum is not None:
+            tmp_sum.write_text(json.dumps(document, indent=2, allow_nan=False))
         (tmp / "comparison.md").write_text(markdown)
         per_arm.to_csv(tmp / "arms.csv", index=False)
         runs.to_csv(tmp / "runs.csv", index=False)

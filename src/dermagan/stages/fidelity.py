@@ -45,6 +45,8 @@ DOMAIN_TABLE = "fidelity_domain.csv"
 def run_fidelity(cfg: Config, method: str, prepared: Path, synthetic_root: Path, dedup_report: Path, gan_dir: Path,
                  metrics_json: Path, plots_dir: Path, domain_encoder: Path = LAYOUT.domain_encoder) -> dict:
     """Score every augmented class; write the metrics file, figures and tables; log into the GAN runs."""
+    if cfg.fidelity is None:
+        raise DermaganError(f"{cfg.source}: missing block 'fidelity' (how generators are scored; see params.yaml)")
     settings = cfg.fidelity.plain()
     classes = list(cfg.gan.classes)
     train, val = read_split(prepared, "train"), read_split(prepared, "val")

@@ -18,6 +18,7 @@ from dermagan.config import Config
 from dermagan.data.prepared import read_split
 from dermagan.data.trainset import OVERSAMPLE, extra_targets, gather_extras, parse_extra, write_extras
 from dermagan.errors import DermaganError
+from dermagan.outputs import is_own_dir
 from dermagan.validation.augmented import Holdout, extra_class_frame, extra_image_frame, validate_extras
 
 
@@ -42,7 +43,7 @@ def run_validate_augmented(cfg: Config, arm: str, prepared: Path, synthetic_root
     classes = extra_class_frame(real_counts, images["dx"].value_counts().to_dict(), targets)
     report_dir = Path(report_dir)
     failed_dir = report_dir.with_name(report_dir.name + "-failed")
-    with atomic_dir(failed_dir) as tmp:
+    with atomic_dir(report_dir) as tmp:  # replaced only when the set passes and its extras are written
         report = validate_extras(images, classes, train.images.shape[1], source.kind != OVERSAMPLE,
                                  tmp / "data_docs")
         report.docs_index = "data_docs/index.html"
@@ -51,22 +52,24 @@ def run_validate_augmented(cfg: Config, arm: str, prepared: Path, synthetic_root
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         (tmp / "summary.txt").write_text(report.summary_text() + "\n")
         classes.to_csv(tmp / "class_counts.csv", index=False)
-    print(f"arm {arm}: extra images from {source.label}")
-    if len(classes):
-        print(classes.to_string(index=False))
-    print(report.summary_text())
-    if not report.success or extras is None:
-        raise DermaganError(f"augmented training set of arm '{arm}' failed validation; report and Data Docs "
-                            f"in {failed_dir}/\n{report.summary_text()}")
-    with atomic_dir(Path(out_dir)) as tmp:
-        write_extras(tmp, extras, {"arm": arm, "extra": source.label, "targets": targets, "n_extra": len(extras),
-                                   **({"experts": experts.describe()} if experts is not None else {})})
-        if experts is not None:
-            from dermagan.experts import save_experts
-            save_experts(experts, tmp)
-    if report_dir.exists():
-        shutil.rmtree(report_dir)
-    failed_dir.rename(report_dir)
+        print(f"arm {arm}: extra images from {source.label}")
+        if len(classes):
+            print(classes.to_string(index=False))
+        print(report.summary_text())
+        if not report.success or extras is None:  # the report goes beside the last good one, for inspection
+            with atomic_dir(failed_dir) as tmp_failed:
+                shutil.copytree(tmp, tmp_failed, dirs_exist_ok=True)
+            raise DermaganError(f"augmented training set of arm '{arm}' failed validation; report and Data Docs "
+                                f"in {failed_dir}/\n{report.summary_text()}")
+        with atomic_dir(Path(out_dir)) as tmp_out:
+            write_extras(tmp_out, extras, {"arm": arm, "extra": source.label, "targets": targets,
+                                           "n_extra": len(extras),
+                                           **({"experts": experts.describe()} if experts is not None else {})})
+            if experts is not None:
+                from dermagan.experts import save_experts
+                save_experts(experts, tmp_out)
+    if failed_dir.is_dir() and not failed_dir.is_symlink() and is_own_dir(failed_dir):
+        shutil.rmtree(failed_dir)  # an earlier failure's report (dermagan's own) no longer applies
     return summary
 
 
