@@ -262,9 +262,10 @@ def test_workers_that_start_together_agree_on_one_parent_run(tracking, tmp_path,
 @pytest.mark.slow  # two CLI processes (imports alone take ~10 s each here)
 def test_killed_study_resumes_with_the_same_study_and_parent_run(tmp_path):
     prepared = write_prepared(tmp_path / "prepared")
-    # slower trials (30 short epochs) so the kill lands inside one
-    params = write_params(tmp_path, base_params(tmp_path, {"lr": {"float": [1e-3, 5e-3], "log": True}}, epochs=30,
-                                                study="resume"), {"lr": 0.001})
+    # slower trials (60 short epochs, none pruned) so the kill lands inside one: with pruning, trials 1-3
+    # stop after their first epoch and the window between a finished and a running trial is a few ms
+    params = write_params(tmp_path, base_params(tmp_path, {"lr": {"float": [1e-3, 5e-3], "log": True}}, epochs=60,
+                                                study="resume", pruner={"kind": "none"}), {"lr": 0.001})
     journal = tmp_path / "tuning" / "resume.journal"
     env = env_with(f"sqlite:///{tmp_path / 'mlflow.db'}")
     cmd = tune_command(params, prepared, str(journal), n_trials=4)
