@@ -26,5 +26,12 @@ elif [ ! -f data/metadata.csv ]; then
   echo "[setup] fetching raw data tracked by data.dvc"
   dvc pull -q data.dvc 2>/dev/null || dvc update data.dvc
 fi
+for tracked in imports/*.dvc; do  # imports beside the raw data (acquisition sources, external test sets)
+  [ -e "$tracked" ] || continue
+  if [ ! -e "${tracked%.dvc}" ]; then
+    echo "[setup] fetching ${tracked%.dvc}"
+    dvc pull -q "$tracked" 2>/dev/null || dvc update -q "$tracked"
+  fi
+done
 n_images=$(find data/images -maxdepth 1 -type f | wc -l)
 echo "[setup] ready: data/ has $n_images images; run 'dvc repro' or 'python -m pytest'"

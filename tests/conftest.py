@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_ham_folder
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.data.prepared import read_split
 from dermagan.data.trainset import parse_extra, read_extras, training_set, with_extras
@@ -34,7 +34,7 @@ def params_for(extra):
 @pytest.fixture
 def prepared(tmp_path) -> Path:
     raw = make_ham_folder(tmp_path / "raw", per_class=10)
-    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0))
+    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0, CLASSES))
     return tmp_path / "prepared"
 
 

@@ -6,7 +6,7 @@ from dermagan.classify.augment import AugmentConfig
 from dermagan.classify.bench import PHASES, profile_training
 from dermagan.classify.models import create_classifier
 from dermagan.classify.train import Trainer, TrainConfig
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from test_train import tiny_split
 
 

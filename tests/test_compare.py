@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from dermagan.classify.recipe import RECIPE_KEYS
-from dermagan.constants import CLASSES
 from dermagan.errors import DermaganError
 from dermagan.evaluate.compare import (
     BETTER,
@@ -21,11 +20,14 @@ from dermagan.evaluate.compare import (
     is_gan_arm,
     metric_values,
     runs_table,
+    verdict_metrics,
 )
-from dermagan.evaluate.metrics import classification_metrics
+from dermagan.evaluate.metrics import classification_metrics, minimum_detectable_difference
 from dermagan.stages.compare import run_compare
 from params_util import make_config
 
+CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")  # the default task (params.yaml data.classes)
+VERDICT_CLASSES = ("akiec", "bcc", "df", "mel", "vasc")      # params.yaml evaluate.verdict_classes
 N_CLASSES = len(CLASSES)
 # The shared recipe (params.yaml `train` + the tuned file, merged); arms are `extra` plus overrides.
 RECIPE = {"backbone": "tf_efficientnet_lite0", "pretrained": "package", "epochs": 6, "batch_size": 64, "lr": 0.002,
@@ -84,7 +86,7 @@ def test_verdict_better_for_a_planted_gan_gain():
     real = {s: _predict(y_true, {df: 0.8}, seed=s) for s in (0, 1)}
     gan = {s: _predict(y_true, {df: 0.1}, seed=s) for s in (0, 1)}
     verdicts = gan_vs_best(y_true, {"effnet": real, "effnet_dcgan": gan}, ["effnet_dcgan"], CLASSES,
-                           n_boot=500, level=0.95, seed=0).set_index("metric")
+                           n_boot=500, level=0.95, seed=0, verdict_classes=VERDICT_CLASSES).set_index("metric")
     assert verdicts.loc["recall_df", "verdict"] == BETTER
     assert verdicts.loc["recall_df", "diff"] == pytest.approx(0.7)
     assert verdicts.loc["recall_df", "ci_low"] > 0.4
@@ -96,10 +98,45 @@ def test_identical_predictions_show_no_difference():
     y_true = _labels()
     same = {s: _predict(y_true, {0: 0.3, 3: 0.5, 4: 0.2}, seed=s) for s in (0, 1)}
     verdicts = gan_vs_best(y_true, {"cnn": same, "oversample": same, "cnn_gan": same}, ["cnn_gan"], CLASSES,
-                           n_boot=200, level=0.95, seed=0)
+                           n_boot=200, level=0.95, seed=0, verdict_classes=VERDICT_CLASSES)
     assert len(verdicts) == 6
     assert (verdicts["diff"] == 0).all() and (verdicts["ci_low"] == 0).all() and (verdicts["ci_high"] == 0).all()
     assert (verdicts["verdict"] == NO_DIFFERENCE).all()
+    assert (verdicts["mdd"] == 0).all()  # no spread of the difference: identical predictions
+    everything = gan_vs_best(y_true, {"cnn": same, "cnn_gan": same}, ["cnn_gan"], CLASSES, n_boot=20, level=0.95,
+                             seed=0)  # no verdict classes given: every class's recall
+    assert tuple(everything["metric"]) == verdict_metrics(CLASSES) == ("bal_acc", *(f"recall_{c}" for c in CLASSES))
+
+
+def test_mdd_is_the_power_multiple_of_the_bootstrap_sd_of_the_difference():
+    y_true = _labels()
+    df = CLASSES.index("df")
+    real = {0: _predict(y_true, {df: 0.5}, seed=0)}
+    gan = {0: _predict(y_true, {df: 0.3}, seed=1)}
+    verdicts = gan_vs_best(y_true, {"effnet": real, "effnet_dcgan": gan}, ["effnet_dcgan"], CLASSES, n_boot=300,
+                           level=0.9, seed=4, metrics=("recall_df",), power=0.9)
+    idx = bootstrap_indices(len(y_true), 300, seed=4)
+    hit = lambda p: np.array([np.mean(p[i][y_true[i] == df] == df) for i in idx])  # noqa: E731
+    sd = np.std(hit(gan[0]) - hit(real[0]), ddof=1)
+    z = 1.6448536269514722 + 1.2815515655446004  # z(0.95) for two-sided alpha 0.1, z(0.9) for power 0.9
+    assert verdicts.loc[0, "mdd"] == pytest.approx(z * sd) == pytest.approx(minimum_detectable_difference(sd, 0.9, 0.9))
+    assert verdicts.loc[0, "mdd"] > 0
+
+
+def test_bal_acc_leaves_out_a_class_with_too_few_test_images():
+    y_true = np.repeat(np.arange(N_CLASSES), [5 if c == "df" else 20 for c in CLASSES])  # df: 5 test images
+    gan = y_true.copy()
+    real = y_true.copy()
+    real[y_true == CLASSES.index("df")] = 0  # real misses every df image; both perfect elsewhere
+    arms = {"effnet": {0: real}, "effnet_dcgan": {0: gan}}
+    kept = gan_vs_best(y_true, arms, ["effnet_dcgan"], CLASSES, 50, 0.95, 0, metrics=("bal_acc", "recall_df"),
+                       min_test_count=5).set_index("metric")
+    left_out = gan_vs_best(y_true, arms, ["effnet_dcgan"], CLASSES, 50, 0.95, 0, metrics=("bal_acc", "recall_df"),
+                           min_test_count=6).set_index("metric")
+    assert kept.loc["bal_acc", "best_value"] == pytest.approx(6 / 7)  # df recall 0 among 7 classes
+    assert left_out.loc["bal_acc", "best_value"] == pytest.approx(1.0)  # df left out of the mean
+    assert left_out.loc["bal_acc", "diff"] == 0 and left_out.loc["bal_acc", "ci_high"] == 0
+    assert left_out.loc["recall_df", "diff"] == pytest.approx(1.0)  # still judged on its own
 
 
 def test_no_gan_arm_gives_an_empty_verdict_table():
@@ -159,11 +196,19 @@ def test_run_compare_end_to_end(tracking, tmp_path, compare_inputs):
     for name in ("comparison.md", "comparison.png", "gan_vs_best.png", "arms.csv", "runs.csv",
                  "gan_vs_best.csv", "summary.json"):
         assert (out / name).is_file(), name
+    assert not (out / "roc.png").exists()  # ROC curves per arm: binary tasks only
     summary = json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)
     assert set(summary["arms"]) == {"effnet", "effnet_dcgan"}
     assert summary["arms"]["effnet"]["bal_acc_std"] > 0
     assert set(summary["gan_vs_best"]["effnet_dcgan"]) == {"bal_acc", "recall_akiec", "recall_bcc",
                                                            "recall_df", "recall_mel", "recall_vasc"}
+    verdicts = summary["gan_vs_best"]["effnet_dcgan"]
+    assert verdicts["bal_acc"]["mdd"] > 0 and verdicts["recall_akiec"]["mdd"] == 0  # both arms perfect on akiec
+    assert summary["test_counts"] == {c: 10 for c in CLASSES}
+    assert summary["bma_excluded"] == {} and summary["bma_excluded_reason"] is None
+    assert "mdd" in pd.read_csv(out / "gan_vs_best.csv").columns
+    assert "MDD (80% power)" in markdown and "or more, at 80% power" in markdown
+    assert "Test images per class: akiec 10" in markdown
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 4
     settings = runs.drop_duplicates("arm").set_index("arm")  # each arm's recipe: shared values + overrides
@@ -180,6 +225,19 @@ def test_run_compare_end_to_end(tracking, tmp_path, compare_inputs):
     assert list(runs["tags.mlflow.runName"]) == ["compare"]
     logged = runs.loc[0, "metrics.compare/effnet/bal_acc_mean"]
     assert logged == pytest.approx(summary["arms"]["effnet"]["bal_acc_mean"])
+    assert runs.loc[0, "metrics.compare/effnet_dcgan/vs_best/bal_acc/mdd"] == pytest.approx(
+        summary["gan_vs_best"]["effnet_dcgan"]["bal_acc"]["mdd"])
+
+
+def test_min_test_count_is_reported_in_the_summary(tracking, tmp_path, compare_inputs):
+    params, metrics_dir, predictions_dir = compare_inputs  # 10 test images per class
+    params = {**params, "evaluate": {**params["evaluate"], "min_test_count": 11}}
+    out = tmp_path / "out"
+    markdown = run_compare(make_config(params), metrics_dir, out, predictions_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bma_excluded"] == {}  # no class reaches 11: every class stays in, and the reason says so
+    assert "no class has evaluate.min_test_count = 11" in summary["bma_excluded_reason"]
+    assert "no class has evaluate.min_test_count = 11" in markdown
 
 
 def test_missing_metrics_file_names_it(tmp_path, compare_inputs):
@@ -254,8 +312,9 @@ def test_compare_runs_pairs_an_arm_with_its_earlier_run(tmp_path):
         _write_run(new / "m", new, "effnet_gan", seed, _predict(y_true, {3: 0.0}, seed))
     params = {"train": {"seeds": [0, 1]}, "evaluate": {"bootstrap_samples": 200, "ci_level": 0.95, "seed": 0}}
     doc = run_compare_runs(make_config(params), old, new, "effnet_gan", tmp_path / "verdict.json")
+    assert set(doc["metrics"]) == set(verdict_metrics(VERDICT_CLASSES))  # params evaluate.verdict_classes
     df = doc["metrics"][f"recall_{CLASSES[3]}"]
-    assert df["diff"] == pytest.approx(0.9) and df["verdict"] == "better"
+    assert df["diff"] == pytest.approx(0.9) and df["verdict"] == "better" and df["mdd"] > 0
     assert doc["metrics"]["recall_" + CLASSES[4]]["verdict"] == "no difference shown"
     assert json.loads((tmp_path / "verdict.json").read_text())["arm"] == "effnet_gan"
     same = run_compare_runs(make_config(params), old, old, "effnet_gan")

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from dermagan.cli import main
-from dermagan.constants import CLASSES
-from dermagan.data.prepared import SplitArrays, read_split_table, write_split
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
+from dermagan.data.prepared import SplitArrays, read_split_table, write_classes, write_split
 from dermagan.errors import DermaganError
 from dermagan.stages.cv import run_cv
 from dermagan.tuning.classifier import folds
@@ -47,6 +47,7 @@ def write_prepared(root: Path, per_class: dict[str, int] | None = None, seed: in
         write_split(root, split, SplitArrays(images, labels.astype(np.int64), ids))
         n += len(labels)
     pd.DataFrame(rows).to_csv(root / "splits.csv", index=False)
+    write_classes(root, CLASSES)
     return root
 
 
@@ -99,7 +100,7 @@ def test_folds_never_share_a_lesion_and_every_image_is_validated_once(prepared):
 def test_oversample_copies_come_from_the_folds_train_part_only(prepared):
     gan = make_config(make_params()).gan.plain()
     for f, (train, val) in enumerate(folds(prepared, "kfold", K, seed=0)):
-        full = fold_train_set(train, "oversample", gan)
+        full = fold_train_set(train, "oversample", gan, CLASSES)
         assert len(full) == len(train) + 10  # 5 copies of df and of vasc
         assert np.array_equal(full.images[: len(train)], train.images)  # the real part is unchanged
         copies = full.image_ids[len(train):].astype(str)
@@ -114,7 +115,7 @@ def test_oversample_copies_come_from_the_folds_train_part_only(prepared):
             assert full.labels[len(train) + k] == train.labels[j]
         counts = np.bincount(full.labels[len(train):], minlength=len(CLASSES))
         assert counts[CLASSES.index("df")] == counts[CLASSES.index("vasc")] == 5 and counts.sum() == 10
-        assert fold_train_set(train, None, gan) is train
+        assert fold_train_set(train, None, gan, CLASSES) is train
 
 
 def test_gan_and_expert_arms_are_refused_before_any_data_is_read(tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import make_ham_folder, textured_image
 from params_util import make_config
 from dermagan.cli import build_parser
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.data.prepared import SplitArrays, read_split, write_split
 from dermagan.errors import DermaganError
@@ -226,7 +226,7 @@ def test_config_errors_name_the_field():
 @pytest.fixture
 def prepared(tmp_path, tracking) -> Path:
     raw = make_ham_folder(tmp_path / "raw", per_class=10)
-    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0))
+    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0, CLASSES))
     return tmp_path / "prepared"
 
 

@@ -21,7 +21,7 @@ from dermagan import cli
 from dermagan.classify.inference import predict_proba, to_float_batch
 from dermagan.classify.models import create_classifier
 from dermagan.classify.predict import list_images, load_folder
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepared import SplitArrays, read_split, write_split
 from dermagan.ensemble.model import EnsembleModel
 from dermagan.ensemble.serving import load_classifier

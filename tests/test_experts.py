@@ -20,7 +20,7 @@ from dermagan.classify.artifact import load_trained
 from dermagan.classify.inference import predict_logits
 from dermagan.classify.models import create_classifier
 from dermagan.classify.train import Trainer, TrainConfig
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.data.prepared import SplitArrays, read_split
 from dermagan.errors import DermaganError
@@ -163,14 +163,18 @@ def test_training_moves_backbone_and_head_but_never_an_expert_tensor(frozen_net)
 
 
 def test_bad_settings_name_the_field():
-    assert parse_experts(None) is None
-    assert parse_experts({"method": "stgan"}).method == "stgan"
+    assert parse_experts(None, CLASSES) is None
+    assert parse_experts({"method": "stgan"}, CLASSES).method == "stgan"
     with pytest.raises(DermaganError, match="hold no discriminator"):
-        parse_experts({"method": "dcgan"}, "arms.x")
+        parse_experts({"method": "dcgan"}, CLASSES, "arms.x")
     with pytest.raises(DermaganError, match=r"arms.x.experts has unknown key\(s\) \['layers'\]"):
-        parse_experts({"method": "stgan", "layers": 2}, "arms.x")
+        parse_experts({"method": "stgan", "layers": 2}, CLASSES, "arms.x")
+    with pytest.raises(DermaganError, match=r"arms.x.experts.classes .*data.classes"):
+        parse_experts({"method": "stgan", "classes": ["melanoma"]}, CLASSES, "arms.x")
+    # the task labels come from the caller (params data.classes), not from HAM10000
+    assert parse_experts({"method": "stgan", "classes": ["beta"]}, ("alpha", "beta")).classes == ("beta",)
     with pytest.raises(DermaganError, match="arms.x.experts.classes"):
-        parse_experts({"method": "stgan", "classes": ["melanoma"]}, "arms.x")
+        parse_experts({"method": "stgan", "classes": ["df"]}, ("alpha", "beta"), "arms.x")
     cfg = make_config({"arms": {"plain": {"extra": None}, "experts": {"extra": None, "experts": {"method": "stgan"}}}})
     assert cfg.recipe("experts") == cfg.recipe("plain")  # the recipe never sees `experts`
 
@@ -214,7 +218,7 @@ def pipeline(tmp_path_factory):
         mp.chdir(root)
         cfg = experts_config()
         raw = make_ham_folder(root / "raw", per_class=8)
-        prepare_dataset(raw, root / "prepared", root / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0))
+        prepare_dataset(raw, root / "prepared", root / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0, CLASSES))
         gan = root / "gan" / "stgan"
         run_stgan_base(cfg, root / "prepared", gan / "base", root / "ckpt")
         for dx in ("df", "vasc"):
@@ -257,7 +261,7 @@ def test_validate_augmented_copies_the_experts_for_an_experts_arm_only(pipeline)
     spec = json.loads((out["class_experts"] / "spec.json").read_text())
     assert spec["experts"]["classes"] == ["df", "vasc"] and spec["experts"]["groups"] == [["df", "vasc"]]
 
-    bank = load_experts(out["class_experts"], parse_experts({"method": "stgan"}), "class_experts")
+    bank = load_experts(out["class_experts"], parse_experts({"method": "stgan"}, CLASSES), "class_experts")
     x = gan_images(4)
     for name in ("df", "vasc"):  # the bank is the stage-2 D, in eval mode
         config, state = read_stgan_discriminator(root / "gan" / "stgan" / name / f"{name}.pt", name)
@@ -268,7 +272,8 @@ def test_validate_augmented_copies_the_experts_for_an_experts_arm_only(pipeline)
         start = 0 if name == "df" else bank.widths["df"]
         assert torch.allclose(bank(x)[:, start:start + pooled.shape[1]], pooled, atol=1e-5)
     with pytest.raises(DermaganError, match="asks for"):
-        load_experts(out["class_experts"], parse_experts({"method": "stgan", "classes": ["df"]}), "class_experts")
+        load_experts(out["class_experts"], parse_experts({"method": "stgan", "classes": ["df"]}, CLASSES),
+                     "class_experts")
     with pytest.raises(DermaganError, match="validate_augmented@plain"):
         build_expert_classifier(cfg.recipe("plain"), CLASSES, SIZE, {"method": "stgan"}, out["plain"],
                                 "plain")

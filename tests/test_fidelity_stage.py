@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import textured_image
 from params_util import make_config
 from dermagan.config import Config
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepared import SplitArrays, write_split
 from dermagan.evaluate.fidelity import FEATURE_SPACE, frechet_distance, frechet_distance_nuclear, safe_fidelity_metrics
 from dermagan.stages.fidelity import run_fidelity

@@ -9,6 +9,7 @@ import pytest
 from conftest import make_ham_folder
 from params_util import make_config
 from dermagan.config import Config
+from dermagan.config.schema import HAM10000_CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.gan.runs import GENERATOR_MODEL
 from dermagan.stages.dedup import run_dedup
@@ -34,7 +35,7 @@ def tiny_params() -> Config:
 @pytest.fixture
 def prepared(tmp_path, tracking) -> Path:
     raw = make_ham_folder(tmp_path / "raw", per_class=10)
-    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(16, 0.2, 0.2, 0))
+    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(16, 0.2, 0.2, 0, HAM10000_CLASSES))
     return tmp_path / "prepared"
 
 

@@ -16,7 +16,8 @@ from dermagan.classify.pretrained import (
     map_package_weights,
     package_state_dict,
 )
-from dermagan.constants import CLASSES, IMAGENET_MEAN, IMAGENET_STD
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
+from dermagan.constants import IMAGENET_MEAN, IMAGENET_STD
 from dermagan.data.images import resize_center_crop
 from dermagan.errors import DermaganError
 

@@ -13,7 +13,7 @@ from conftest import make_ham_folder, oversize_jpeg, params_file, textured_image
 from dermagan.classify.models import create_classifier
 from dermagan.classify.predict import predict_folder
 from dermagan.cli import main
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.images import open_rgb
 from dermagan.errors import DermaganError
 

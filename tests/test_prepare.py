@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dermagan.config.schema import HAM10000_CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.data.prepared import read_split, read_split_table
 from dermagan.errors import DermaganError
 
-CONFIG = PrepareConfig(image_size=16, val_fraction=0.2, test_fraction=0.2, seed=0)
+CONFIG = PrepareConfig(image_size=16, val_fraction=0.2, test_fraction=0.2, seed=0, classes=HAM10000_CLASSES)
 
 
 def run(raw: Path, tmp_path: Path):
@@ -127,7 +128,8 @@ def test_too_small_image_is_refused_by_name_and_size(ham_folder, tmp_path):
     with pytest.raises(DermaganError, match=r"min_image_side = 32 px: ISIC_0000003\.jpg \(8x6 px\)$"):
         run(ham_folder, tmp_path)
     assert_no_outputs(tmp_path)
-    lowered = PrepareConfig(image_size=16, val_fraction=0.2, test_fraction=0.2, seed=0, min_image_side=6)
+    lowered = PrepareConfig(image_size=16, val_fraction=0.2, test_fraction=0.2, seed=0, classes=HAM10000_CLASSES,
+                            min_image_side=6)
     prepare_dataset(ham_folder, tmp_path / "prepared", tmp_path / "eda", lowered)  # the threshold is a param
     assert len(read_split_table(tmp_path / "prepared")) == 84
 
@@ -146,5 +148,5 @@ def test_empty_age_is_accepted_and_ages_are_float(ham_folder):
     from dermagan.data.metadata import read_metadata
 
     edit_metadata(ham_folder, lambda f: f.loc.__setitem__((9, "age"), None))
-    frame = read_metadata(ham_folder / "metadata.csv")
+    frame = read_metadata(ham_folder / "metadata.csv", HAM10000_CLASSES)
     assert frame["age"].dtype == float and frame["age"].isna().sum() == 1

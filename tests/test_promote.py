@@ -13,7 +13,7 @@ from conftest import params_file
 from sklearn.metrics import balanced_accuracy_score
 
 from dermagan import cli
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.errors import DermaganError
 from dermagan.tracking.registry import (CHAMPION, current_champion, load_test_predictions, paired_gate,
                                         promote)
@@ -147,6 +147,11 @@ def test_gate_is_deterministic_and_the_ci_shrinks_with_more_images():
     wide = first.ci_high - first.ci_low
     narrow = paired_gate(planted(large, 0.7, 1), planted(large, 0.6, 2), 500, 0.95, 0)
     assert narrow.ci_high - narrow.ci_low < wide and first.n_images == 100 and narrow.n_resamples == 500
+    # the gate uses the models' own labels (as their predictions name them), not HAM10000's
+    rename = dict(zip(CLASSES, ("g", "a", "b", "c", "d", "e", "f")))
+    renamed = paired_gate(a_small.replace(rename), b_small.replace(rename), 500, 0.95, 0)
+    assert (renamed.n_images, renamed.n_resamples, renamed.verdict) == (first.n_images, 500, first.verdict)
+    assert [renamed.diff, renamed.ci_low, renamed.ci_high] == pytest.approx([first.diff, first.ci_low, first.ci_high])
 
 
 def test_different_test_sets_raise(client):

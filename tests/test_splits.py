@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.splits import grouped_split
 from dermagan.errors import DermaganError
 

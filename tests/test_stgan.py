@@ -13,7 +13,7 @@ import torch
 from conftest import make_ham_folder
 from params_util import make_config
 from dermagan.config import Config
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.gan.factory import create_discriminator, create_generator
 from dermagan.gan.fastgan import FastGanGenerator, SkipLayerExcitation, sle_pairs
@@ -174,7 +174,7 @@ def stgan_params(tmp_path: Path) -> dict:
 @pytest.fixture
 def prepared(tmp_path, tracking) -> Path:
     raw = make_ham_folder(tmp_path / "raw", per_class=8)
-    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0))
+    prepare_dataset(raw, tmp_path / "prepared", tmp_path / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0, CLASSES))
     return tmp_path / "prepared"
 
 

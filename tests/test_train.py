@@ -15,7 +15,7 @@ from dermagan.classify.train import (
     make_scheduler,
 )
 from dermagan.errors import DermaganError
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepared import SplitArrays
 
 

@@ -35,8 +35,8 @@ from optuna.trial import TrialState
 
 from dermagan.classify.recipe import train_config
 from dermagan.config import Config, build_config, load_params
-from dermagan.constants import CLASSES
-from dermagan.data.prepared import SplitArrays, read_split_table, write_split
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
+from dermagan.data.prepared import SplitArrays, read_split_table, write_classes, write_split
 from dermagan.errors import DermaganError
 from dermagan.stages.tune import apply_best, run_tune, tune_block
 from dermagan.tuning.classifier import folds
@@ -82,6 +82,7 @@ def write_prepared(root: Path, train: int = 8, val: int = 4, test: int = 2, seed
         write_split(root, split, SplitArrays(images, labels.astype(np.int64), ids))
         n += len(labels)
     pd.DataFrame(rows).to_csv(root / "splits.csv", index=False)
+    write_classes(root, CLASSES)
     return root
 
 

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from conftest import make_ham_folder
 from dermagan.classify.models import create_classifier
 from dermagan.config import Config, build_config, load_params
-from dermagan.constants import CLASSES
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepare import PrepareConfig, prepare_dataset
 from dermagan.errors import DermaganError
 from dermagan.gan.diffaugment import POLICIES, diff_augment
@@ -99,7 +99,7 @@ def world(tmp_path_factory):
     mp.chdir(root)
     raw = make_ham_folder(root / "raw", per_class=8)
     prepared = root / "prepared"
-    prepare_dataset(raw, prepared, root / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0))
+    prepare_dataset(raw, prepared, root / "eda", PrepareConfig(SIZE, 0.2, 0.2, 0, CLASSES))
     params = tiny_params(root)
     run_stgan_base(config_of(params), prepared, root / "gan" / "base", root / "checkpoints")
     run_domain_encoder(config_of(params), prepared, root / "encoder", root / "metrics" / "encoder.json")

@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermagan.constants import CLASSES, SPLITS
+from dermagan.config.schema import HAM10000_CLASSES as CLASSES
+from dermagan.constants import SPLITS
 from dermagan.data.images import find_image, load_image_array
-from dermagan.data.prepared import SplitArrays, arrays_for, write_split
+from dermagan.data.prepared import SplitArrays, arrays_for, write_classes, write_split
 from dermagan.errors import DermaganError
 from dermagan.validation import (
     Thresholds,
     build_frames,
+    build_suites,
     class_balance_table,
     class_frame,
     duplicate_frame,
@@ -33,11 +35,11 @@ THRESHOLDS = Thresholds(image_size=SIZE, min_pixel_std=1.0, min_class_count=2,
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/ham10000"
 
 
-def make_table() -> pd.DataFrame:
-    """7 classes x 3 splits x PER_CLASS images, one lesion per image."""
+def make_table(classes: tuple[str, ...] = CLASSES) -> pd.DataFrame:
+    """len(classes) classes x 3 splits x PER_CLASS images, one lesion per image."""
     rows = []
     for split in SPLITS:
-        for dx in CLASSES:
+        for dx in classes:
             for k in range(PER_CLASS):
                 n = len(rows)
                 rows.append({"image_id": f"ISIC_{n:07d}", "lesion_id": f"HAM_{n:07d}", "dx": dx,
@@ -68,9 +70,10 @@ def write_prepared(root: Path) -> tuple[Path, Path]:
     prepared, raw = root / "prepared", root / "raw"
     prepared.mkdir(parents=True)
     table.to_csv(prepared / "splits.csv", index=False)
+    write_classes(prepared, CLASSES)
     images = textured(rng, len(table), SIZE, SIZE)
     for split in SPLITS:
-        write_split(prepared, split, arrays_for(table, images, split))
+        write_split(prepared, split, arrays_for(table, images, split, CLASSES))
     write_raw(raw, table["image_id"].tolist(), rng)
     return prepared, raw
 
@@ -83,12 +86,12 @@ def good_frames(tmp_path_factory) -> dict[str, pd.DataFrame]:
     raw = tmp_path_factory.mktemp("raw")
     write_raw(raw, table["image_id"].tolist(), rng)
     images = textured(rng, len(table), SIZE, SIZE)
-    arrays = {split: arrays_for(table, images, split) for split in SPLITS}
-    return build_frames(table, arrays, raw)
+    arrays = {split: arrays_for(table, images, split, CLASSES) for split in SPLITS}
+    return build_frames(table, arrays, raw, CLASSES)
 
 
 def test_good_frames_pass(good_frames):
-    report = validate_frames(good_frames, THRESHOLDS, None)
+    report = validate_frames(good_frames, THRESHOLDS, CLASSES, None)
     assert report.success, report.summary_text()
     assert report.failures == []
     assert report.statistics["images"]["evaluated_expectations"] == 12
@@ -116,7 +119,7 @@ def test_derived_frames_catch_leaks_and_zero_fill(good_frames):
     images = images[~((images["split"] == "val") & (images["dx"] == "df"))]
     assert lesion_frame(images)["n_splits"].max() == 2
     assert duplicate_frame(images)["n_splits"].max() == 2
-    classes = class_frame(images).set_index(["split", "dx"])
+    classes = class_frame(images, CLASSES).set_index(["split", "dx"])
     assert classes.loc[("val", "df"), "count"] == 0 and classes.loc[("val", "df"), "share"] == 0.0
     assert len(classes) == 21
 
@@ -175,7 +178,7 @@ def test_each_expectation_fails_alone(good_frames, case):
     frame, mutate, check, key = CASES[case]
     frames = {name: df.copy() for name, df in good_frames.items()}
     mutate(frames)
-    report = validate_frames(frames, THRESHOLDS, None)
+    report = validate_frames(frames, THRESHOLDS, CLASSES, None)
     assert not report.success
     assert [(f["frame"], f["check"]) for f in report.failures] == [(frame, check)], report.summary_text()
     failure = report.failures[0]
@@ -191,7 +194,7 @@ def test_each_expectation_fails_alone(good_frames, case):
 def test_summary_text_format(good_frames):
     frames = {name: df.copy() for name, df in good_frames.items()}
     frames["images"].loc[[0, 1], "raw_mode"] = "L"
-    text = validate_frames(frames, THRESHOLDS, None).summary_text()
+    text = validate_frames(frames, THRESHOLDS, CLASSES, None).summary_text()
     n = len(frames["images"])
     assert (f"FAILED images: raw_mode in {{'RGB'}} (column raw_mode): 2 of {n} rows, "
             "e.g. ['ISIC_0000000', 'ISIC_0000001']") in text
@@ -201,7 +204,7 @@ def test_summary_text_format(good_frames):
 def test_missing_column_is_reported(good_frames):
     frames = {name: df.copy() for name, df in good_frames.items()}
     frames["classes"] = frames["classes"].drop(columns="share")
-    report = validate_frames(frames, THRESHOLDS, None)
+    report = validate_frames(frames, THRESHOLDS, CLASSES, None)
     assert not report.success
     assert "share" in report.failures[0]["error"]
 
@@ -209,17 +212,17 @@ def test_missing_column_is_reported(good_frames):
 def test_misaligned_arrays_raise(tmp_path):
     table = make_table()
     images = textured(np.random.default_rng(2), len(table), SIZE, SIZE)
-    arrays = {split: arrays_for(table, images, split) for split in SPLITS}
+    arrays = {split: arrays_for(table, images, split, CLASSES) for split in SPLITS}
     train = arrays["train"]
     arrays["train"] = SplitArrays(train.images, train.labels, train.image_ids[::-1].copy())
     with pytest.raises(DermaganError, match="out of order"):
-        image_frame(table, arrays, tmp_path)
+        image_frame(table, arrays, tmp_path, CLASSES)
 
 
 def test_validate_prepared_passes_and_writes_docs(tmp_path):
     prepared, raw = write_prepared(tmp_path)
     docs = tmp_path / "docs"
-    report = validate_prepared(prepared, raw, THRESHOLDS, docs)
+    report = validate_prepared(prepared, raw, THRESHOLDS, CLASSES, docs)
     assert report.success, report.summary_text()
     index = docs / "index.html"
     assert index.is_file() and report.docs_index == str(index)
@@ -233,11 +236,32 @@ def test_validate_prepared_flags_greyscale_raw(tmp_path):
     prepared, raw = write_prepared(tmp_path)
     grey_id = "ISIC_0000005"
     Image.new("L", (15, 12), color=90).save(raw / "images" / f"{grey_id}.jpg")
-    report = validate_prepared(prepared, raw, THRESHOLDS, None)
+    report = validate_prepared(prepared, raw, THRESHOLDS, CLASSES, None)
     assert not report.success
     assert [(f["frame"], f["check"], f["examples"]) for f in report.failures] == [
         ("images", "raw_mode in {'RGB'}", [grey_id])]
     assert grey_id in report.summary_text()
+
+
+def test_suites_take_the_task_labels_from_the_caller(tmp_path):
+    """A made-up label set: its labels pass, a HAM10000 label fails the label check (data.classes, not code)."""
+    task = ("gamma", "alpha", "beta")  # not sorted: integer labels index this order
+    table = make_table(task)
+    rng = np.random.default_rng(3)
+    write_raw(tmp_path, table["image_id"].tolist(), rng)
+    images = textured(rng, len(table), SIZE, SIZE)
+    arrays = {split: arrays_for(table, images, split, task) for split in SPLITS}
+    frames = build_frames(table, arrays, tmp_path, task)
+    limits = Thresholds(image_size=SIZE, min_pixel_std=1.0, min_class_count=2, min_class_share=0.05,
+                        max_class_share=0.5)
+    report = validate_frames(frames, limits, task, None)
+    assert report.success, report.summary_text()
+    assert list(class_balance_table(frames["classes"])["dx"]) == list(task)
+    frames["images"].loc[0, "dx"] = "nv"
+    report = validate_frames(frames, limits, task, None)
+    assert [(f["frame"], f["check"], f["examples"]) for f in report.failures] == [
+        ("images", "dx in {'alpha', 'beta', 'gamma'}", ["ISIC_0000000"])]
+    assert "HAM10000" not in json.dumps(build_suites(limits, task)["images"].to_json_dict())
 
 
 @pytest.mark.realdata
@@ -250,8 +274,8 @@ def test_real_data_first_rows_make_frames():
     table["split"] = table["lesion_id"].map(lesions)
     images = np.stack([load_image_array(find_image(REAL_DATA / "images", i), SIZE)
                        for i in table["image_id"]])
-    arrays = {split: arrays_for(table, images, split) for split in SPLITS}
-    frames = build_frames(table, arrays, REAL_DATA)
+    arrays = {split: arrays_for(table, images, split, CLASSES) for split in SPLITS}
+    frames = build_frames(table, arrays, REAL_DATA, CLASSES)
     assert len(frames["images"]) == 50
     assert frames["images"]["raw_decodes"].all()
     assert (frames["images"]["raw_mode"] == "RGB").all()

@@ -37,6 +37,18 @@ def cmd_validate(args: argparse.Namespace) -> None:
     run_validate(args.config, args.prepared, args.raw, args.out)
 
 
+def cmd_prepare_external(args: argparse.Namespace) -> None:
+    from dermagan.stages.prepare_external import run_prepare_external
+
+    summary = run_prepare_external(args.config, args.prepared, args.raw, args.out)
+    if not summary:
+        print(f"no external test sets (params evaluate.external is empty); wrote an empty {args.out}/summary.json")
+    for name, info in summary.items():
+        print(f"{name}: {info['images']} images from {info['folder']}, {info['per_class']}")
+        for warning in info["warnings"]:
+            print(f"dermagan prepare-external: warning: {name}: {warning}", file=sys.stderr)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from dermagan.stages.train import run_train
 
@@ -128,7 +140,7 @@ def cmd_train_stgan(args: argparse.Namespace) -> None:
 def cmd_train_cyclegan(args: argparse.Namespace) -> None:
     from dermagan.stages.train_cyclegan import run_train_cyclegan
 
-    info = run_train_cyclegan(args.config, args.dx, args.prepared, args.out, args.checkpoints)
+    info = run_train_cyclegan(args.config, args.dx, args.prepared, args.out, args.checkpoints, args.variant)
     print(f"cyclegan {info['translation']}: {info['images_seen']} images seen in {info['wall_seconds']:.0f} s; "
           f"registered dermagan-generator v{info['version']}")
 
@@ -293,6 +305,14 @@ def cmd_ui(args: argparse.Namespace) -> None:
         raise DermaganError(f"cannot start the MLflow UI ({command[0]} -m mlflow): {exc}") from exc
 
 
+def cmd_profile(args: argparse.Namespace) -> None:
+    from dermagan.stages.profile import run_profile
+
+    folder = run_profile(args.params, args.name, args.targets, args.dry_run)
+    print(f"profile {args.name}: {folder}/ ({'written; run `dvc repro` there' if args.dry_run else 'reproduced'}); "
+          f"`cd {folder} && dvc metrics show` lists its metrics")
+
+
 def _data_commands(add) -> None:
     """Data: import, checks, dedup thresholds."""
     p = add("prepare", cmd_prepare, "Resize raw HAM10000, split by lesion_id, write arrays and EDA figures.")
@@ -305,6 +325,14 @@ def _data_commands(add) -> None:
     p.add_argument("--raw", type=Path)
     p.add_argument("--out", type=Path)
 
+    p = add("prepare-external", cmd_prepare_external,
+            "Check and resize the external test sets of params evaluate.external (HAM10000-layout folders): "
+            "labels through data.label_map, no image shared with train/val (sha256 of the files), one "
+            "OUT/NAME.npz per set plus OUT/summary.json.")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--raw", type=Path, help="the raw HAM10000 folder the prepared splits come from")
+    p.add_argument("--out", type=Path)
+
     p = add("calibrate-dedup", cmd_calibrate_dedup,
             "Hash distances of same-lesion photo pairs vs nearest other lesions, to choose dedup thresholds.")
     p.add_argument("--prepared", type=Path)
@@ -315,7 +343,8 @@ def _generator_commands(add) -> None:
     """Generators: training, sampling, dedup and fidelity of GAN images."""
     from dermagan.gan.methods import METHODS, methods_with
 
-    gan_methods, dcgan_methods = sorted(METHODS), methods_with(train_stage="train_gan")
+    dcgan_methods = methods_with(train_stage="train_gan")
+    methods_text = f"one of {', '.join(sorted(METHODS))} or a gan.cyclegan.variants name"
 
     p = add("train-gan", cmd_train_gan, "Train DCGANs on the real train split (one per class, or one conditional).")
     p.add_argument("--method", required=True, choices=dcgan_methods)
@@ -338,6 +367,8 @@ def _generator_commands(add) -> None:
     p = add("train-cyclegan", cmd_train_cyclegan,
             "CycleGAN nv <-> one augmented class on the real train split; registers the nv -> class generator.")
     p.add_argument("--class", dest="dx", required=True, help="the augmented class (one of params gan.classes)")
+    p.add_argument("--variant", help="a gan.cyclegan.variants entry: the same CycleGAN with those settings, as a "
+                   "method of its own (e.g. another label smoothing)")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="output folder (<class>.pt + generators.json; default: %(default)s)")
     p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
@@ -350,21 +381,22 @@ def _generator_commands(add) -> None:
     p.add_argument("--metrics", type=Path, help="its real-val scores, a DVC metrics file")
 
     p = add("generate", cmd_generate, "Sample synthetic PNGs and a manifest from trained generators.")
-    p.add_argument("--method", required=True, choices=gan_methods)
+    p.add_argument("--method", required=True, metavar="METHOD", help=methods_text)
     p.add_argument("--prepared", type=Path)
     p.add_argument("--gan-dir", type=Path, help="trained generators (default: %(default)s)")
     p.add_argument("--out", type=Path, help="PNGs per class + manifest.csv (default: %(default)s)")
 
     p = add("dedup", cmd_dedup, "Drop synthetic near-duplicates and memorised train images (pHash + wHash).")
     p.add_argument("--prepared", type=Path)
-    p.add_argument("--method", required=True, choices=gan_methods, help="the generator method whose images to check")
+    p.add_argument("--method", required=True, metavar="METHOD", help=f"the generator method whose images to "
+                   f"check: {methods_text}")
     p.add_argument("--synthetic", type=Path, help="folder written by `dermagan generate` (default: %(default)s)")
     p.add_argument("--out", type=Path, help="deduplicated set (default: %(default)s)")
     p.add_argument("--report", type=Path, help="report folder: counts, decisions, histogram (default: %(default)s)")
 
     p = add("fidelity", cmd_fidelity, "FID/KID (EfficientNet-Lite0 features), k-NN precision/recall and "
             "real-vs-synthetic figures per class.")
-    p.add_argument("--method", required=True, choices=gan_methods)
+    p.add_argument("--method", required=True, metavar="METHOD", help=methods_text)
     p.add_argument("--prepared", type=Path)
     p.add_argument("--domain-encoder", type=Path,
                    help="folder written by `dermagan domain-encoder` (default: %(default)s)")
@@ -503,6 +535,15 @@ def _study_commands(add) -> None:
     p.add_argument("--apply", action="store_true", help="write the best values into the tuned-params file "
                    "(params.yaml `tuned_params`; gan: `tuned_gan_params`)")
 
+    p = add("profile", cmd_profile, "Run a profile: params.yaml with the keys of profiles/NAME.yaml changed, as its "
+            "own DVC project in profiles/NAME/ (own outputs, lock file and MLflow experiment; the default "
+            "pipeline's are untouched). Profiles shipped: melanoma (seed 004's binary task), rosendahl (a "
+            "domain-shift test).", needs_config=False)
+    p.add_argument("name", help="the profile (profiles/NAME.yaml)")
+    p.add_argument("targets", nargs="*", help="dvc stages to reproduce (default: compare ensemble, with every "
+                   "stage they need)")
+    p.add_argument("--dry-run", action="store_true", help="write profiles/NAME/ and stop (then `dvc repro` there)")
+
     p = add("bench-train", cmd_bench_train, "Time the phases of an arm's training step (data, augment, forward, "
             "backward, optimiser) against raw forward+backward of the same network.")
     p.add_argument("--arm", default="effnet", help="arm whose recipe to time (default: %(default)s)")
@@ -582,6 +623,7 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
     per_command = {
         "prepare": lambda: {"out": L.prepared, "eda": L.eda},
         "validate": lambda: {"out": L.validation},
+        "prepare-external": lambda: {"out": L.external},
         "validate-augmented": lambda: {"synthetic_root": L.synthetic_root, "out": L.trainset(arm),
                                        "report": L.trainset_report(arm)},
         "train": lambda: {"trainset": L.trainset(arm), "out": L.model_dir(arm, seed), "history": L.history(arm, seed)},
@@ -596,7 +638,7 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
         "train-gan": lambda: {"out": L.gan_dir(method)},
         "train-stgan": lambda: {"base": L.stgan_base,  # stage 2 without --class: cmd_train_stgan names the problem
                                 "out": L.stgan_base if args.stage == 1 else (L.gan_class_dir("stgan", dx) if dx else None)},
-        "train-cyclegan": lambda: {"out": L.gan_class_dir("cyclegan", dx)},
+        "train-cyclegan": lambda: {"out": L.gan_class_dir(getattr(args, "variant", None) or "cyclegan", dx)},
         "domain-encoder": lambda: {"out": L.domain_encoder, "metrics": L.domain_encoder_metrics},
         "generate": lambda: {"gan_dir": L.gan_dir(method), "out": L.synthetic(method, "generated")},
         "dedup": lambda: {"synthetic": L.synthetic(method, "generated"), "out": L.synthetic(method, "dedup"),
@@ -652,6 +694,7 @@ def _default_paths(args: argparse.Namespace) -> None:
 COMMAND_PATHS: dict[str, dict[str, tuple]] = {
     "prepare": {"inputs": ("raw",), "dirs": ("out", "eda")},
     "validate": {"inputs": ("prepared", "raw"), "dirs": ("out",)},
+    "prepare-external": {"inputs": ("prepared", "raw"), "dirs": ("out",)},
     "validate-augmented": {"inputs": ("prepared", "synthetic_root"), "dirs": ("out", "report")},
     "train": {"inputs": ("prepared", "trainset"), "work": ("checkpoints",), "dirs": ("out",), "files": ("history",)},
     "evaluate": {"inputs": ("prepared", "model_dir"), "dirs": ("plots",),

@@ -1,7 +1,6 @@
-"""Facts about HAM10000 that do not change between runs."""
+"""Facts of the data layout that do not change between runs (the task's labels come from params
+``data.classes``)."""
 
-CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-MINORITY_CLASSES: tuple[str, ...] = ("akiec", "bcc", "df", "mel", "vasc")
 REQUIRED_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx")
 EDA_COLUMNS: tuple[str, ...] = ("age", "sex", "localization")
 SPLITS: tuple[str, ...] = ("train", "val", "test")

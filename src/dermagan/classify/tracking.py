@@ -82,6 +82,9 @@ def log_test_results(experiment: str, info: dict, report: dict, plots_dir: Path,
             **{f"test_recall_{c}": f"{v['recall']:.4f}" for c, v in report["per_class"].items()}}
     if report.get("calibration", {}).get("ece") is not None:
         tags["test_ece"] = f"{report['calibration']['ece']:.4f}"
+    for key in ("auc", "sensitivity", "specificity", "threshold"):  # binary tasks: test_auc, test_sensitivity...
+        if (report.get("binary") or {}).get(key) is not None:
+            tags[f"test_{key}"] = f"{report['binary'][key]:.4f}"
     try:
         for key, value in tags.items():
             client.set_model_version_tag(info["registered_model"], info["version"], key, value)

@@ -54,6 +54,15 @@ class Layout:
     def validation(self) -> Path:
         return self._p("reports", "validation")
 
+    @property
+    def external(self) -> Path:
+        """The external test sets of params ``evaluate.external``, prepared (``prepare-external``)."""
+        return self._p("artifacts", "external")
+
+    def external_set(self, name: str) -> Path:
+        """One prepared external test set: ``artifacts/external/NAME.npz`` (a prepared split's format)."""
+        return self.external / f"{name}.npz"
+
     # generators -------------------------------------------------------------------------------------------------
     def gan_dir(self, method: str) -> Path:
         return self._p("artifacts", "gan", method)
@@ -182,6 +191,28 @@ class Layout:
     @property
     def predictions_csv(self) -> Path:
         return self._p("preds.csv")
+
+    # profiles: a params overlay run as its own DVC project ------------------------------------------------------
+    @property
+    def profiles(self) -> Path:
+        return self._p("profiles")
+
+    def profile_file(self, name: str) -> Path:
+        """The overlay a user writes: ``profiles/NAME.yaml``."""
+        return self.profiles / f"{name}.yaml"
+
+    def profile_dir(self, name: str) -> Path:
+        """The profile's generated DVC project (its params.yaml, dvc.yaml, dvc.lock, metrics and outputs)."""
+        return self.profiles / name
+
+    @property
+    def imports(self) -> Path:
+        """DVC imports beside the raw data (acquisition sources, external test sets)."""
+        return self._p("imports")
+
+    @property
+    def tracking_db(self) -> Path:
+        return self._p("mlruns", "mlflow.db")
 
 
 LAYOUT = Layout()

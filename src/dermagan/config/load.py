@@ -6,6 +6,7 @@ passes the ``Config`` (or plain values from it) down.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,16 @@ def load_config(path: Path) -> "Config":
     return build_config(load_params(path), source=str(path))
 
 
-def load_params(path: Path) -> dict[str, Any]:
+def load_params(path: Path, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load params.yaml and the tuned-params files it names (``tuned_params:``, ``tuned_gan_params:``), merged.
 
     A tuned file's blocks (e.g. ``train``, ``gan``) are merged into the same blocks of params.yaml;
     a key set in two places is an error, so a tuned value is only ever in one place. The merged
     dict gets ``tuned.keys`` (the dotted keys that came from tuned files), ``tuned.file`` (the
-    classifier's) and ``tuned.study``.
+    classifier's) and ``tuned.study``. ``params`` stands in for the file's contents (a profile's merge);
+    tuned files are still found beside ``path``.
     """
-    params = read_yaml(path)
+    params = read_yaml(path) if params is None else params
     merged, info = params, {}
     for target, key in TUNED_KEYS.items():
         tuned_file = params.get(key)
@@ -54,6 +56,41 @@ def load_params(path: Path) -> dict[str, Any]:
     if info:
         merged["tuned"] = {"file": None, "keys": [], "study": {}, **info}
     return merged
+
+
+REPLACED = ("arms",)  # top-level blocks a profile replaces rather than merges
+
+
+def merge_params(base: dict[str, Any], overlay: dict[str, Any], top: bool = True) -> dict[str, Any]:
+    """``base`` with ``overlay`` merged in: mappings key by key, everything else (and ``arms``) replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not (top and key in REPLACED):
+            merged[key] = merge_params(merged[key], value, top=False)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_profile(params_path: Path, profile_path: Path) -> tuple[dict[str, Any], "Config"]:
+    """A profile's merged params (``params.yaml`` + the overlay, tuned files not merged in) and its Config."""
+    from dermagan.config.schema import build_config
+
+    profile_path = Path(profile_path)
+    if not profile_path.is_file():
+        names = sorted(p.stem for p in profile_path.parent.glob("*.yaml"))
+        raise DermaganError(f"{profile_path}: no such profile; profiles are {names or 'none'} (a profile is a "
+                            "YAML file of the params.yaml keys it changes)")
+    default = read_yaml(params_path)
+    merged = merge_params(default, read_yaml(profile_path))
+    config = build_config(load_params(params_path, merged), source=f"{params_path} + {profile_path}")
+    for key in ("mlflow.experiment", "gan.experiment", "mlflow.registered_model"):
+        block, _, leaf = key.partition(".")
+        value = (merged.get(block) or {}).get(leaf)
+        if value == (default.get(block) or {}).get(leaf):
+            raise DermaganError(f"{profile_path}: set {key} to the profile's own name (it is '{value}', as in "
+                                f"{params_path}), so its runs do not mix with the default's")
+    return merged, config
 
 
 def merge_tuned(params: dict, tuned: dict, tuned_path: Path, params_path: Path) -> tuple[dict, list[str]]:

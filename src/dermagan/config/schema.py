@@ -89,12 +89,54 @@ def _plain(value: Any) -> Any:
 
 # -- data ---------------------------------------------------------------------------------------------------------
 
+HAM10000_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")  # the default task (params override it)
+
+
+class DataSection(Section):
+    """The task: its ordered label set, how raw ``dx`` values map onto it, and optional source metadata."""
+
+    classes: Names = HAM10000_CLASSES
+    label_map: dict[str, str | None] = Field(default_factory=dict)  # raw dx -> task label (null: drop the rows)
+    positive: str | None = None      # binary tasks: the positive class (ROC AUC, sensitivity at specificity)
+    sources: str | None = None       # CSV of image_id -> acquisition source (column `dataset`); needed by split.by: source
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSection":
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.classes = {list(self.classes)}: needs at least 2 distinct labels")
+        bad = sorted({v for v in self.label_map.values() if v is not None} - set(self.classes))
+        if bad:
+            raise ValueError(f"data.label_map maps onto {bad}, which are not in data.classes {list(self.classes)}")
+        if self.positive is not None:
+            if self.positive not in self.classes:
+                raise ValueError(f"data.positive = {self.positive!r}: not one of data.classes {list(self.classes)}")
+            if len(self.classes) != 2:
+                raise ValueError(f"data.positive = {self.positive!r}: a positive class needs a binary task "
+                                 f"(data.classes has {len(self.classes)} labels)")
+        return self
+
+
+class SplitSection(Section):
+    by: Literal["lesion", "source"] = "lesion"   # source: test = every image of test_sources (domain shift)
+    test_sources: Names = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> "SplitSection":
+        if self.by == "source" and not self.test_sources:
+            raise ValueError("prepare.split.by = source needs prepare.split.test_sources (e.g. [rosendahl])")
+        if self.by == "lesion" and self.test_sources:
+            raise ValueError(f"prepare.split.test_sources = {list(self.test_sources)} is only read with "
+                             "prepare.split.by: source")
+        return self
+
+
 class PrepareSection(Section):
     image_size: PosInt
     val_fraction: Fraction
     test_fraction: Fraction
     seed: Seed
     min_image_side: PosInt = 32
+    split: SplitSection = Field(default_factory=lambda: SplitSection())
 
     @model_validator(mode="after")
     def _check(self) -> "PrepareSection":
@@ -219,6 +261,11 @@ class EvaluateSection(Section):
     seed: Seed
     batch_size: PosInt
     calibration_bins: PosInt = 15
+    min_test_count: NonNegInt = 10     # a class with fewer test images is reported but left out of BMA
+    verdict_classes: Names | None = None  # recalls compare judges (null: the positive class, or every class)
+    specificity: Fraction = 0.9        # binary tasks: sensitivity at this specificity (threshold set on val)
+    power: Fraction = 0.8              # minimum detectable difference of each verdict at this power ...
+    external: dict[str, str] = Field(default_factory=dict)  # name -> folder (HAM10000 layout), scored beside test
 
 
 class MlflowSection(Section):
@@ -250,6 +297,7 @@ class CycleganSection(Section):
     classes: Names = ()
     net: dict[str, Any] = Field(default_factory=dict)
     per_class: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any] | None] = Field(default_factory=dict)  # name -> overrides: a method each
 
 
 class GanSection(OpenSection):
@@ -351,6 +399,7 @@ class TunedInfo(Section):
 class Config(Section):
     """Every knob of the project, typed and checked. Stages read it; library code takes its values."""
 
+    data: DataSection = Field(default_factory=lambda: DataSection())
     prepare: PrepareSection
     validation: ValidateSection = Field(alias="validate")
     train: TrainSection
@@ -373,12 +422,22 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
-        from dermagan.constants import CLASSES
-
-        unknown = [c for c in self.gan.classes if c not in CLASSES]
+        classes = self.data.classes
+        unknown = [c for c in self.gan.classes if c not in classes]
         if unknown:
             raise ValueError(f"gan.classes = {list(self.gan.classes)}: {unknown} are not task labels "
-                             f"{list(CLASSES)}")
+                             f"(data.classes {list(classes)})")
+        unknown = [c for c in self.evaluate.verdict_classes or () if c not in classes]
+        if unknown:
+            raise ValueError(f"evaluate.verdict_classes = {list(self.evaluate.verdict_classes)}: {unknown} are not "
+                             f"task labels (data.classes {list(classes)})")
+        source = (self.gan.cyclegan.net or {}).get("source_class") if self.gan.cyclegan else None
+        if self.gan.cyclegan and self.gan.cyclegan.classes and source is not None and source not in classes:
+            raise ValueError(f"gan.cyclegan.net.source_class = {source!r}: not a task label "
+                             f"(data.classes {list(classes)})")
+        if self.prepare.split.by == "source" and not self.data.sources:
+            raise ValueError("prepare.split.by = source needs data.sources (the CSV of each image's acquisition "
+                             "source, e.g. ../shared/data/ham10000_sources.csv)")
         if not self.arms:
             raise ValueError("arms: at least one arm is needed")
         return self
@@ -413,10 +472,18 @@ class Config(Section):
 
     @property
     def classes(self) -> tuple[str, ...]:
-        """The task's ordered label set (integer labels index it)."""
-        from dermagan.constants import CLASSES
+        """The task's ordered label set (integer labels index it): params ``data.classes``."""
+        return tuple(self.data.classes)
 
-        return tuple(CLASSES)
+    @property
+    def verdict_classes(self) -> tuple[str, ...]:
+        """The classes whose recall compare judges: ``evaluate.verdict_classes``, or the positive class of a
+        binary task, or every class."""
+        if self.evaluate.verdict_classes is not None:
+            return tuple(self.evaluate.verdict_classes)
+        if self.data.positive is not None:
+            return (self.data.positive,)
+        return tuple(self.data.classes)
 
     def stgan_config(self, stage: str, dx: str | None = None):
         """The library's StganConfig of STGAN ``stage`` ("stage1" | "stage2"), for class ``dx`` in stage 2."""
@@ -426,12 +493,12 @@ class Config(Section):
             raise ConfigError(f"class '{dx}' is not in params gan.classes {list(self.gan.classes)}")
         return stgan_config(self.gan.plain(), self.prepare.image_size, self.classes, stage, dx)
 
-    def cyclegan_config(self, dx: str):
+    def cyclegan_config(self, dx: str, variant: str | None = None):
         from dermagan.gan.methods import cyclegan_config
 
         if dx not in self.gan.classes:
             raise ConfigError(f"class '{dx}' is not in params gan.classes {list(self.gan.classes)}")
-        return cyclegan_config(self.gan.plain(), self.prepare.image_size, self.classes, dx)
+        return cyclegan_config(self.gan.plain(), self.prepare.image_size, self.classes, dx, variant)
 
     def dcgan_config(self, num_classes: int | None):
         from dermagan.gan.methods import dcgan_config
@@ -511,9 +578,11 @@ def _recipe_stand_in() -> dict[str, Any]:
 def check_library_blocks(config: Config) -> None:
     """Build each library config the stages will build, so its errors surface at load time."""
     from dermagan.data.extra import parse_extra
-    from dermagan.gan.methods import get_method, methods_with
+    from dermagan.gan.methods import get_method, methods_with, register_variants
 
     gan = config.gan
+    if gan.cyclegan is not None and gan.cyclegan.variants:
+        register_variants(dict(gan.cyclegan.variants), "cyclegan")
     for method in (*gan.methods, *gan.dcgan_methods):
         get_method(method, "gan.methods")
     searched = set(config.tune.classifier.space) if config.tune else set()
@@ -548,3 +617,5 @@ def check_library_blocks(config: Config) -> None:
                               f"are not in gan.classes {list(gan.classes)}")
         for dx in gan.cyclegan.classes:
             config.cyclegan_config(dx)
+            for variant in gan.cyclegan.variants:
+                config.cyclegan_config(dx, variant)

@@ -14,12 +14,12 @@ from dermagan.atomic import atomic_dir
 from dermagan.constants import SPLITS
 from dermagan.data.eda import write_eda_figures
 from dermagan.data.images import check_images_dir, find_image, open_rgb, resize_center_crop
-from dermagan.data.metadata import find_metadata, read_metadata
-from dermagan.data.prepared import SPLIT_TABLE, arrays_for, write_split
-from dermagan.data.splits import grouped_split
+from dermagan.data.metadata import find_metadata, read_metadata, read_sources
+from dermagan.data.prepared import SPLIT_TABLE, arrays_for, write_classes, write_split
+from dermagan.data.splits import grouped_split, source_split
 from dermagan.errors import DermaganError
 
-TABLE_COLUMNS = ["image_id", "lesion_id", "dx", "split", "dx_type", "age", "sex", "localization"]
+TABLE_COLUMNS = ["image_id", "lesion_id", "dx", "split", "dx_type", "age", "sex", "localization", "dx_raw"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,12 @@ class PrepareConfig:
     val_fraction: float
     test_fraction: float
     seed: int
+    classes: tuple[str, ...]
     min_image_side: int = 32  # refuse raw images whose shorter side is below this (px)
+    label_map: dict | None = None  # raw dx -> task label (None drops the rows)
+    split_by: str = "lesion"        # lesion | source
+    test_sources: tuple[str, ...] = ()
+    sources: Path | None = None     # CSV image_id,dataset (split_by source needs it)
 
 
 def load_images(raw_dir: Path, image_ids: list[str], size: int, min_side: int = 1) -> np.ndarray:
@@ -55,28 +60,45 @@ def load_images(raw_dir: Path, image_ids: list[str], size: int, min_side: int = 
     return stack
 
 
-def split_summary(table: pd.DataFrame) -> dict:
-    """Counts per split and class, for the log and a JSON file beside the arrays."""
-    counts = table.groupby(["split", "dx"]).size()
-    return {
-        split: {"images": int((table["split"] == split).sum()),
-                "lesions": int(table.loc[table["split"] == split, "lesion_id"].nunique()),
-                "per_class": {dx: int(n) for dx, n in counts.get(split, pd.Series()).items()}}
-        for split in SPLITS
-    }
+def split_summary(table: pd.DataFrame, classes: tuple[str, ...]) -> dict:
+    """Counts per split and class (every task class, zeros included), for the log and a JSON file."""
+    summary = {}
+    for split in SPLITS:
+        rows = table[table["split"] == split]
+        counts = rows["dx"].value_counts()
+        summary[split] = {"images": len(rows), "lesions": int(rows["lesion_id"].nunique()),
+                          "per_class": {dx: int(counts.get(dx, 0)) for dx in classes}}
+        if "source" in rows.columns:
+            summary[split]["per_source"] = {str(k): int(v) for k, v in rows["source"].value_counts().sort_index().items()}
+    return summary
+
+
+def assign_splits(metadata: pd.DataFrame, config: PrepareConfig) -> pd.Series:
+    if config.split_by == "source":
+        if config.sources is None:
+            raise DermaganError("params: prepare.split.by = source needs data.sources (the CSV of each image's "
+                                "acquisition source)")
+        return source_split(metadata, config.test_sources, config.val_fraction, config.seed)
+    return grouped_split(metadata, config.val_fraction, config.test_fraction, config.seed)
 
 
 def prepare_dataset(raw_dir: Path, out_dir: Path, eda_dir: Path, config: PrepareConfig) -> dict:
     """Build the prepared dataset. Outputs appear only if every step succeeds."""
-    metadata = read_metadata(find_metadata(Path(raw_dir)))
-    metadata["split"] = grouped_split(metadata, config.val_fraction, config.test_fraction, config.seed)
+    metadata = read_metadata(find_metadata(Path(raw_dir)), config.classes, config.label_map)
+    columns = list(TABLE_COLUMNS)
+    if config.sources is not None:
+        metadata["source"] = read_sources(config.sources, metadata["image_id"]).to_numpy()
+        columns.append("source")
+    metadata = metadata.reset_index(drop=True)
+    metadata["split"] = assign_splits(metadata, config)
     images = load_images(Path(raw_dir), metadata["image_id"].tolist(), config.image_size, config.min_image_side)
-    table = metadata[TABLE_COLUMNS]
-    summary = split_summary(table)
+    table = metadata[columns]
+    summary = split_summary(table, config.classes)
     with atomic_dir(Path(out_dir)) as tmp_out, atomic_dir(Path(eda_dir)) as tmp_eda:
         table.to_csv(tmp_out / SPLIT_TABLE, index=False)
+        write_classes(tmp_out, config.classes)
         for split in SPLITS:
-            write_split(tmp_out, split, arrays_for(table, images, split))
+            write_split(tmp_out, split, arrays_for(table, images, split, config.classes))
         (tmp_out / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_eda_figures(table, tmp_eda)
+        write_eda_figures(table, tmp_eda, config.classes)
     return summary

@@ -52,3 +52,29 @@ def grouped_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: i
         raise DermaganError(f"params: K-fold needs at least 2 splits, got {n_splits}")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return list(folds.split(np.zeros(len(labels)), labels, groups=groups))
+
+
+def source_split(frame: pd.DataFrame, test_sources: tuple[str, ...], val_fraction: float, seed: int) -> pd.Series:
+    """A domain-shift split: test = every image of ``test_sources`` (column ``source``), and every other image
+    of a lesion that has one there, so no lesion spans two splits; train/val come from the other sources,
+    lesion-grouped and stratified as in :func:`grouped_split`."""
+    if not 0 < val_fraction < 1:
+        raise DermaganError(f"params: prepare.val_fraction ({val_fraction}) must be in (0, 1)")
+    frame = frame.reset_index(drop=True)
+    known = sorted(frame["source"].unique())
+    unknown = [s for s in test_sources if s not in known]
+    if unknown:
+        raise DermaganError(f"params: prepare.split.test_sources {unknown} are not sources of this data; "
+                            f"sources are {known}")
+    in_test = frame["source"].isin(list(test_sources))
+    test_lesions = set(frame.loc[in_test, "lesion_id"])
+    test_mask = frame["lesion_id"].isin(test_lesions).to_numpy()
+    if test_mask.all():
+        raise DermaganError(f"params: prepare.split.test_sources {list(test_sources)} hold every image; train "
+                            "needs another source")
+    split = np.full(len(frame), "train", dtype=object)
+    split[test_mask] = "test"
+    rest = np.flatnonzero(~test_mask)
+    val_mask = _holdout(frame.iloc[rest], val_fraction, seed + 1)
+    split[rest[val_mask]] = "val"
+    return pd.Series(split, index=frame.index, name="split")

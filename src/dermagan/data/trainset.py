@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from dermagan.constants import CLASSES
 from dermagan.data.prepared import SplitArrays, read_split
 from dermagan.errors import DermaganError
 from dermagan.data.extra import OVERSAMPLE, SYNTHETIC_SETS, ExtraSource, parse_extra  # noqa: F401 (re-exported)
@@ -31,12 +30,13 @@ MANIFEST = "manifest.csv"
 FILES = {"images": "extra_images.npy", "labels": "extra_labels.npy", "table": "extra.csv", "spec": "spec.json"}
 
 
-def extra_targets(gan: dict, train: SplitArrays, method: str | None = None) -> dict[str, int]:
+def extra_targets(gan: dict, train: SplitArrays, classes: tuple[str, ...], method: str | None = None) -> dict[str, int]:
     """Extra images per augmented class, from the ``gan`` params block's ``classes`` and ``amount`` (and the
-    tuned ``amount_tuned.<method>`` for a GAN method's images); ``train`` gives the real class counts."""
+    tuned ``amount_tuned.<method>`` for a GAN method's images); ``train`` gives the real class counts, its
+    integer labels indexing the task labels ``classes`` (params ``data.classes``)."""
     from dermagan.gan.generate import method_counts
 
-    real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(CLASSES)}
+    real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(classes)}
     return method_counts(gan, real_counts, method)
 
 
@@ -82,16 +82,25 @@ def select_synthetic(folder: Path, counts: dict[str, int]) -> list[FileCheck]:
     return [read_png(folder, f, dx) for f, dx in zip(chosen["file"], chosen["class"])]
 
 
-def oversample(train: SplitArrays, counts: dict[str, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of ``counts[dx]`` random train images of each class, drawn with replacement."""
+def label_of(dx: str, classes: tuple[str, ...]) -> int:
+    """The integer label of task label ``dx`` (its index in ``classes``); a clear error for another name."""
+    if dx not in classes:
+        raise DermaganError(f"class '{dx}' is not a task label (data.classes {list(classes)})")
+    return list(classes).index(dx)
+
+
+def oversample(train: SplitArrays, counts: dict[str, int], seed: int,
+               classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``counts[dx]`` random train images of each class, drawn with replacement (``classes``: the
+    task labels ``train.labels`` index)."""
     rng = np.random.default_rng(seed)
     picked, labels = [], []
     for dx, n in counts.items():
-        pool = np.flatnonzero(train.labels == CLASSES.index(dx))
+        pool = np.flatnonzero(train.labels == label_of(dx, classes))
         if len(pool) == 0 and n:
             raise DermaganError(f"cannot oversample class '{dx}': it has no train images")
         picked.append(rng.choice(pool, size=n, replace=True) if n else np.zeros(0, np.int64))
-        labels.append(np.full(n, CLASSES.index(dx), np.int64))
+        labels.append(np.full(n, label_of(dx, classes), np.int64))
     return np.concatenate(picked).astype(np.int64), np.concatenate(labels)
 
 
@@ -112,19 +121,21 @@ def empty_extras(image_size: int) -> ExtraImages:
                        np.zeros(0, dtype=str))
 
 
-def oversample_extras(train: SplitArrays, counts: dict[str, int], seed: int) -> ExtraImages:
+def oversample_extras(train: SplitArrays, counts: dict[str, int], seed: int,
+                      classes: tuple[str, ...]) -> ExtraImages:
     """:func:`oversample`'s copies as extras; each one's source is ``copy:<train image_id>``."""
-    index, labels = oversample(train, counts, seed)
+    index, labels = oversample(train, counts, seed, classes)
     ids = np.asarray(train.image_ids).astype(str)[index]
     return ExtraImages(train.images[index], labels, np.array([f"copy:{i}" for i in ids]))
 
 
-def write_extras(folder: Path, extras: ExtraImages, spec: dict) -> None:
-    """Write the extras of one arm (``np.save`` files are byte-deterministic, unlike npz)."""
+def write_extras(folder: Path, extras: ExtraImages, spec: dict, classes: tuple[str, ...]) -> None:
+    """Write the extras of one arm (``np.save`` files are byte-deterministic, unlike npz); ``classes``: the task
+    labels the extras' integer labels index (their names go into the table)."""
     folder = Path(folder)
     np.save(folder / FILES["images"], extras.images)
     np.save(folder / FILES["labels"], extras.labels)
-    pd.DataFrame({"source": extras.sources, "class": [CLASSES[i] for i in extras.labels]}).to_csv(
+    pd.DataFrame({"source": extras.sources, "class": [classes[i] for i in extras.labels]}).to_csv(
         folder / FILES["table"], index=False)
     (folder / FILES["spec"]).write_text(json.dumps(spec, indent=2, sort_keys=True))
 
@@ -155,25 +166,28 @@ def with_extras(train: SplitArrays, extras: ExtraImages) -> SplitArrays:
 
 
 def gather_extras(source: ExtraSource, train: SplitArrays, targets: dict[str, int], synthetic_root: Path,
-                  seed: int) -> tuple[list[dict], ExtraImages | None]:
-    """Rows for the validation frame (one per extra image), and the extras (None if some file could not be used)."""
+                  seed: int, classes: tuple[str, ...]) -> tuple[list[dict], ExtraImages | None]:
+    """Rows for the validation frame (one per extra image), and the extras (None if some file could not be used).
+
+    ``classes``: the task labels (params ``data.classes``) that integer labels index; a synthetic image of
+    another class makes the extras unusable (validation reports its label)."""
     size = train.images.shape[1]
     if source.kind == "none":
         return [], empty_extras(size)
     if source.kind == OVERSAMPLE:
-        extras = oversample_extras(train, targets, seed)
-        rows = [{"source": s, "source_id": s.removeprefix("copy:"), "dx": CLASSES[y], "decodes": True, "mode": "RGB",
+        extras = oversample_extras(train, targets, seed, classes)
+        rows = [{"source": s, "source_id": s.removeprefix("copy:"), "dx": classes[y], "decodes": True, "mode": "RGB",
                  "width": size, "height": size, "image": image}
                 for s, y, image in zip(extras.sources, extras.labels, extras.images)]
         return rows, extras
     checks = select_synthetic(synthetic_folder(synthetic_root, source), targets)
     rows = [{"source": c.file, "source_id": Path(c.file).stem, "dx": c.dx, "decodes": c.decodes, "mode": c.mode,
              "width": c.width, "height": c.height, "image": c.image} for c in checks]
-    usable = all(c.image is not None and c.image.shape == (size, size, 3) and c.dx in CLASSES for c in checks)
+    usable = all(c.image is not None and c.image.shape == (size, size, 3) and c.dx in classes for c in checks)
     if not usable:
         return rows, None
     images = np.stack([c.image for c in checks]) if checks else empty_extras(size).images
-    labels = np.array([CLASSES.index(c.dx) for c in checks], dtype=np.int64)
+    labels = np.array([list(classes).index(c.dx) for c in checks], dtype=np.int64)
     return rows, ExtraImages(images, labels, np.array([c.file for c in checks], dtype=str))
 
 

@@ -52,6 +52,9 @@ class EnsembleSettings:
     bootstrap_seed: int = 0
     batch_size: int = 256
     calibration_bins: int = 15
+    verdict_classes: tuple[str, ...] | None = None  # recalls the verdicts judge (None: every class)
+    min_test_count: int = 0                          # classes with fewer test images stay out of BMA
+    power: float = 0.8                               # for each verdict's minimum detectable difference
 
 
 @dataclass
@@ -150,7 +153,7 @@ def fit_ensembles(arms: list[str], seeds: list[int], prepared: Path, models_dir:
         test_proba[seed] = member_proba(models, test.images, s.batch_size, device)
     y_val, y_test = val.labels, test.labels
 
-    members = member_table(arms, seeds, infos, val_proba, test_proba, y_val, y_test, classes)
+    members = member_table(arms, seeds, infos, val_proba, test_proba, y_val, y_test, classes, s.min_test_count)
     val_by_arm = members.groupby("arm", sort=False)["val_bal_acc"].mean()
     best_arm = str(val_by_arm.idxmax())  # chosen on val
     runs, reports, predictions = [], {}, {}
@@ -158,7 +161,8 @@ def fit_ensembles(arms: list[str], seeds: list[int], prepared: Path, models_dir:
         for seed in seeds:
             w = weights[seed][combiner]
             proba = combine(test_proba[seed], w)
-            report = evaluation_report(y_test, proba, classes, s.bootstrap_samples, s.ci_level, s.bootstrap_seed)
+            report = evaluation_report(y_test, proba, classes, s.bootstrap_samples, s.ci_level, s.bootstrap_seed,
+                                       min_test_count=s.min_test_count)
             report["ece"] = float(expected_calibration_error(y_test, proba, s.calibration_bins))
             reports[(combiner, seed)] = report
             predictions[(combiner, seed)] = pd.DataFrame({
@@ -199,14 +203,16 @@ def versus_best(y_test, members: pd.DataFrame, predictions: dict, best_arm: str,
         judged[f"ensemble_{combiner}"] = {s: predictions[(combiner, s)]["predicted"].map(
             {c: i for i, c in enumerate(classes)}).to_numpy() for s in seeds}
     vs_best = gan_vs_best(y_test, judged, [f"ensemble_{c}" for c in COMBINERS], classes, settings.bootstrap_samples,
-                          settings.ci_level, settings.bootstrap_seed)
+                          settings.ci_level, settings.bootstrap_seed, verdict_classes=settings.verdict_classes,
+                          min_test_count=settings.min_test_count, power=settings.power)
     vs_best = vs_best.rename(columns={"gan_arm": "combiner", "best_non_gan_arm": "best_single_arm",
                                       "gan_value": "ensemble_value", "best_value": "single_value"})
     vs_best["combiner"] = vs_best["combiner"].str.removeprefix("ensemble_")
     return vs_best
 
 
-def member_table(arms, seeds, infos, val_proba, test_proba, y_val, y_test, classes) -> pd.DataFrame:
+def member_table(arms, seeds, infos, val_proba, test_proba, y_val, y_test, classes, min_test_count: int = 0
+                 ) -> pd.DataFrame:
     rows = []
     for seed in seeds:
         for m, arm in enumerate(arms):
@@ -215,7 +221,8 @@ def member_table(arms, seeds, infos, val_proba, test_proba, y_val, y_test, class
                       for k, c in enumerate(classes)}
             rows.append({"arm": arm, "seed": seed, "version": str(infos[seed][m].get("version", "")),
                          "val_bal_acc": balanced_accuracy(y_val, val_proba[seed][m].argmax(1), len(classes)),
-                         "bal_acc": balanced_accuracy(y_test, pred, len(classes)), **recall, "pred": pred})
+                         "bal_acc": balanced_accuracy(y_test, pred, len(classes), min_count=min_test_count), **recall,
+                         "pred": pred})
     return pd.DataFrame(rows)
 
 

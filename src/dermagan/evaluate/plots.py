@@ -53,21 +53,21 @@ def roc_points(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...]) 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["class", "fpr", "tpr"])
 
 
-def roc_table(points: pd.DataFrame, grid_size: int = 101) -> pd.DataFrame:
-    """ROC curves on one shared FPR grid: columns ``fpr`` and one TPR column per class (a DVC plot)."""
+def roc_table(points: pd.DataFrame, grid_size: int = 101, group: str = "class") -> pd.DataFrame:
+    """ROC curves on one shared FPR grid, long format: columns ``<group>``, ``fpr``, ``tpr`` (a DVC plot
+    that needs no class names). ``points``: columns ``<group>``, ``fpr``, ``tpr`` (e.g. :func:`roc_points`)."""
     grid = np.linspace(0, 1, grid_size)
-    table = {"fpr": grid}
-    for name, group in points.groupby("class", sort=False):
-        table[name] = np.interp(grid, group["fpr"], group["tpr"])
-    return pd.DataFrame(table)
+    frames = [pd.DataFrame({group: name, "fpr": grid, "tpr": np.interp(grid, g["fpr"], g["tpr"])})
+              for name, g in points.groupby(group, sort=False)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[group, "fpr", "tpr"])
 
 
-def roc_figure(points: pd.DataFrame, aucs: dict[str, float | None], title: str) -> plt.Figure:
-    """One-vs-rest ROC curves, AUC in the legend."""
+def roc_figure(points: pd.DataFrame, aucs: dict[str, float | None], title: str, group: str = "class") -> plt.Figure:
+    """ROC curves (one per ``group`` value: class, or arm), AUC in the legend."""
     fig, ax = plt.subplots(figsize=(5.6, 5))
-    for name, group in points.groupby("class", sort=False):
+    for name, g in points.groupby(group, sort=False):
         auc = aucs.get(name)
-        ax.plot(group["fpr"], group["tpr"], label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
+        ax.plot(g["fpr"], g["tpr"], label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
     ax.legend(fontsize=8, loc="lower right")

@@ -37,7 +37,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from dermagan.constants import CLASSES
 from dermagan.errors import DermaganError
 from dermagan.gan.methods import METHODS, methods_with
 from dermagan.gan.projected import FrozenEfficientNetLite0, ProjectedDiscriminator
@@ -62,8 +61,11 @@ class ExpertSettings:
         return {"method": self.method, "classes": list(classes)}
 
 
-def parse_experts(value, where: str = "arm") -> ExpertSettings | None:
-    """``None`` (no experts) or ``{method: stgan[, classes: [...]]}`` -> ExpertSettings; clear errors otherwise."""
+def parse_experts(value, classes: tuple[str, ...], where: str = "arm") -> ExpertSettings | None:
+    """``None`` (no experts) or ``{method: stgan[, classes: [...]]}`` -> ExpertSettings; clear errors otherwise.
+
+    ``classes``: the task labels (params ``data.classes``) an expert's class must be one of."""
+    task = tuple(classes)
     if value is None or value is False:
         return None
     if not isinstance(value, dict):
@@ -80,14 +82,14 @@ def parse_experts(value, where: str = "arm") -> ExpertSettings | None:
                             f"use one of {experts}")
     if method not in experts:
         raise DermaganError(f"params: {where}.experts.method must be one of {experts}, got {method!r}")
-    classes = value.get("classes")
-    if classes is not None:
-        classes = tuple(classes) if isinstance(classes, (list, tuple)) else None
-        if (not classes or len(set(classes)) != len(classes)
-                or any(not isinstance(c, str) or c not in CLASSES for c in classes)):
-            raise DermaganError(f"params: {where}.experts.classes must be a non-empty list of distinct classes "
-                                f"from {list(CLASSES)}, got {value.get('classes')!r}")
-    return ExpertSettings(str(method), classes)
+    chosen = value.get("classes")
+    if chosen is not None:
+        chosen = tuple(chosen) if isinstance(chosen, (list, tuple)) else None
+        if (not chosen or len(set(chosen)) != len(chosen)
+                or any(not isinstance(c, str) or c not in task for c in chosen)):
+            raise DermaganError(f"params: {where}.experts.classes must be a non-empty list of distinct task labels "
+                                f"(data.classes {list(task)}), got {value.get('classes')!r}")
+    return ExpertSettings(str(method), chosen)
 
 
 def bake_spectral_norm(module: nn.Module) -> None:

@@ -78,7 +78,7 @@ def build_expert_classifier(recipe: dict, classes: tuple[str, ...], image_size: 
 
     The recipe's ``dropout`` acts on the whole head input, so the backbone is built without its own.
     """
-    settings = parse_experts(experts_setting, f"arms.{arm}")
+    settings = parse_experts(experts_setting, classes, f"arms.{arm}")
     if settings is None:
         raise DermaganError(f"params: arms.{arm} has no experts block")
     experts = load_experts(trainset_dir, settings, arm)

@@ -50,6 +50,27 @@ for _m in (
     register_method(_m)
 
 
+def register_variants(variants: dict[str, dict], base: str = "cyclegan") -> list[str]:
+    """Register params-declared variants of ``base`` (e.g. ``gan.cyclegan.variants``: a CycleGAN with other
+    settings) as methods of their own, so arms, generate, dedup and fidelity take them by name."""
+    parent = METHODS[base]
+    for name, overrides in variants.items():
+        known = METHODS.get(name)
+        if known is not None and known.description.partition(":")[0] != f"{base} variant":
+            raise DermaganError(f"params: gan.{base}.variants.{name}: '{name}' is already a GAN method; "
+                                "choose another name")
+        settings = ", ".join(f"{k}={v}" for k, v in (overrides or {}).items())
+        register_method(GanMethod(name, parent.train_stage, parent.conditional, parent.translation, parent.experts,
+                                  f"{base} variant: {settings or 'the same settings'}"))
+    return sorted(variants)
+
+
+def variant_of(name: str) -> str | None:
+    """The method ``name`` is a params variant of (None for a built-in method)."""
+    head = get_method(name).description.partition(":")[0]
+    return head.removesuffix(" variant") if head.endswith(" variant") else None
+
+
 def get_method(name: str, where: str = "method") -> GanMethod:
     if name not in METHODS:
         raise DermaganError(f"params: {where} '{name}' is not a GAN method; methods are {sorted(METHODS)}")
@@ -138,8 +159,8 @@ def stgan_config(gan: dict, image_size: int, classes: tuple[str, ...], stage: st
                                          "fixed_label": fixed_label}, "gan.stgan")
 
 
-def cyclegan_config(gan: dict, image_size: int, classes: tuple[str, ...], dx: str):
-    """CycleGanConfig from ``gan.cyclegan.net`` + ``gan.cyclegan.per_class.<dx>``."""
+def cyclegan_config(gan: dict, image_size: int, classes: tuple[str, ...], dx: str, variant: str | None = None):
+    """CycleGanConfig from ``gan.cyclegan.net`` + ``gan.cyclegan.per_class.<dx>`` (+ ``variants.<variant>``)."""
     from dermagan.gan.configs import CycleGanConfig, check_config
 
     block = gan.get("cyclegan") or {}
@@ -152,6 +173,12 @@ def cyclegan_config(gan: dict, image_size: int, classes: tuple[str, ...], dx: st
                             f"gan.cyclegan.classes needs one, e.g. {dx}: {{total_images: 2000}})")
     check_fields(CycleGanConfig, per_class[dx] or {}, f"gan.cyclegan.per_class.{dx}")
     values.update(per_class[dx] or {})
+    if variant is not None:
+        variants = block.get("variants") or {}
+        if variant not in variants:
+            raise DermaganError(f"params: gan.cyclegan.variants has no '{variant}'; variants are {sorted(variants)}")
+        check_fields(CycleGanConfig, variants[variant] or {}, f"gan.cyclegan.variants.{variant}")
+        values.update(variants[variant] or {})
     if "total_images" not in values:
         raise DermaganError(f"params: gan.cyclegan.per_class.{dx} (or gan.cyclegan.net) needs total_images "
                             "(the training length in target-class images shown to D_B)")

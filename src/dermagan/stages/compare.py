@@ -17,8 +17,12 @@ from dermagan.config.layout import LAYOUT
 from dermagan.errors import DermaganError
 from dermagan.evaluate.compare import (
     TEST_RULE,
+    BinaryScores,
+    arm_roc_table,
     arms_table,
+    binary_scores,
     check_predictions_match_metrics,
+    class_counts,
     comparison_figure,
     comparison_markdown,
     gan_vs_best,
@@ -29,12 +33,14 @@ from dermagan.evaluate.compare import (
     read_metrics,
     read_prediction_file,
     read_predictions,
+    read_scores,
     runs_table,
     summary,
     validation_comparator,
     validation_scores,
 )
-from dermagan.evaluate.plots import save
+from dermagan.evaluate.metrics import score_column
+from dermagan.evaluate.plots import roc_figure, save
 from dermagan.serialize import json_safe
 from dermagan.tracking.setup import configure, standard_tags
 
@@ -45,18 +51,26 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
                 history_dir: Path | None = None, summary_json: Path | None = None) -> str:
     """Write comparison.md/.png, arms/runs/gan_vs_best CSVs, gan_vs_best.png and summary.json; log to MLflow.
 
-    With ``history_dir`` (the train stage's per-epoch histories), the non-GAN arm every GAN arm is
-    judged against is the one with the best mean real **validation** balanced accuracy, chosen
-    once for all metrics, so the test split chooses nothing. Without it, the comparator is the
+    Judged: bal_acc (over the classes with at least ``evaluate.min_test_count`` test images) and the
+    recall of each of ``cfg.verdict_classes``; a binary task (``data.positive``) also auc and
+    sens_at_spec, and writes roc.png and roc.csv (arm, fpr, tpr). Every verdict carries its mdd at
+    ``evaluate.power``. With ``history_dir`` (the train stage's per-epoch histories), the non-GAN
+    arm every GAN arm is judged against is the one with the best mean real **validation** balanced
+    accuracy, chosen once for all metrics, so the test split chooses nothing. Without it, the comparator is the
     best non-GAN arm per metric on test (the older, test-selected rule; the report says which).
     ``summary_json``: also write the summary there (a DVC metrics file outside the report folder).
     """
-    classes, evaluate = cfg.classes, cfg.evaluate
+    classes, evaluate, positive = cfg.classes, cfg.evaluate, cfg.data.positive
     arms = {arm: {**cfg.recipe(arm), "extra": cfg.arm(arm).extra} for arm in cfg.arms}
     seeds = list(cfg.train.seeds)
-    runs = runs_table(read_metrics(metrics_dir, list(arms), seeds), arms, classes)
+    metrics_by_run = read_metrics(metrics_dir, list(arms), seeds)
+    runs = runs_table(metrics_by_run, arms, classes)
     y_true, predictions = read_predictions(predictions_dir, list(arms), seeds, classes)
     check_predictions_match_metrics(runs, y_true, predictions, classes)
+    binary = (binary_scores(metrics_by_run, predictions_dir, y_true, classes, positive, score_column(positive))
+              if positive is not None else None)
+    task = {"positive": positive, "target_specificity": evaluate.specificity} if binary is not None else None
+    counts = class_counts(y_true, classes, evaluate.min_test_count)
     per_arm = arms_table(runs, classes)
     # GAN-derived arms are judged against the best real-only arm: GAN images (extra) or frozen GAN
     # discriminators as class-expert features (experts)
@@ -67,10 +81,11 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
                                                                seeds))
         judged = {arm: p for arm, p in predictions.items() if arm == chosen or arm in gan_arms}
     verdicts = gan_vs_best(y_true, judged, gan_arms, classes, evaluate.bootstrap_samples, evaluate.ci_level,
-                           evaluate.seed)
+                           evaluate.seed, verdict_classes=cfg.verdict_classes, binary=binary,
+                           min_test_count=evaluate.min_test_count, power=evaluate.power)
     markdown = comparison_markdown(per_arm, verdicts, classes, seeds, len(y_true), evaluate.bootstrap_samples,
-                                   evaluate.ci_level, rule, judged is not predictions)
-    document = summary(per_arm, verdicts)
+                                   evaluate.ci_level, rule, judged is not predictions, evaluate.power, counts, task)
+    document = summary(per_arm, verdicts, counts, task)
     summary_file = atomic_file(Path(summary_json)) if summary_json else nullcontext()
     with atomic_dir(Path(out_dir)) as tmp, summary_file as tmp_sum:
         if tmp_sum is not None:
@@ -82,6 +97,12 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
         (tmp / "summary.json").write_text(json.dumps(document, indent=2, allow_nan=False))
         save(comparison_figure(runs, per_arm, classes), tmp / "comparison.png")
         save(gan_vs_best_figure(verdicts, evaluate.ci_level), tmp / "gan_vs_best.png")
+        if binary is not None:
+            roc = arm_roc_table(y_true, binary, list(arms))
+            roc.to_csv(tmp / "roc.csv", index=False, float_format="%.4f")
+            aucs = {a: document["arms"][a].get("auc_mean") for a in arms}
+            save(roc_figure(roc, aucs, f"Test ROC of {positive} per arm (mean over seeds)", group="arm"),
+                 tmp / "roc.png")
         _log_to_mlflow(cfg, tmp, per_arm, verdicts, document, seeds)
     return markdown
 
@@ -110,7 +131,7 @@ def run_compare_runs(cfg: Config, baseline_dir: Path, candidate_dir: Path, arm: 
     pipeline, and compare ``candidate_dir`` against them on the same test images, pairing seeds. The
     same statistic as the compare stage (seed-averaged metric, percentile CI, verdict).
     """
-    seeds, classes, evaluate = list(cfg.train.seeds), cfg.classes, cfg.evaluate
+    seeds, classes, evaluate, positive = list(cfg.train.seeds), cfg.classes, cfg.evaluate, cfg.data.positive
     baseline_arm = baseline_arm or arm
     y_base, base = read_predictions(Path(baseline_dir), [baseline_arm], seeds, classes)
     y_cand, cand = read_predictions(Path(candidate_dir), [arm], seeds, classes)
@@ -120,8 +141,16 @@ def run_compare_runs(cfg: Config, baseline_dir: Path, candidate_dir: Path, arm: 
         raise DermaganError(f"{candidate_dir} and {baseline_dir} hold different test images or classes; "
                             "a paired comparison needs the same test split")
     labels = (f"{baseline_arm} (baseline: {baseline_dir})", f"{arm} ({candidate_dir})")
+    binary = None  # a binary task: auc from the score columns (no metrics files here, so no sens_at_spec)
+    if positive is not None:
+        column = score_column(positive)
+        binary = BinaryScores(classes.index(positive),
+                              {labels[0]: read_scores(Path(baseline_dir), [baseline_arm], seeds, column)[baseline_arm],
+                               labels[1]: read_scores(Path(candidate_dir), [arm], seeds, column)[arm]})
     verdicts = gan_vs_best(y_cand, {labels[0]: base[baseline_arm], labels[1]: cand[arm]}, [labels[1]], classes,
-                           evaluate.bootstrap_samples, evaluate.ci_level, evaluate.seed)
+                           evaluate.bootstrap_samples, evaluate.ci_level, evaluate.seed,
+                           verdict_classes=cfg.verdict_classes, binary=binary,
+                           min_test_count=evaluate.min_test_count, power=evaluate.power)
     document = paired_runs_document(verdicts, arm, baseline_arm, baseline_dir, candidate_dir, seeds, len(y_cand),
                                     evaluate.ci_level, evaluate.bootstrap_samples)
     if out_json is not None:

@@ -29,6 +29,7 @@ import mlflow
 from dermagan.atomic import atomic_dir
 from dermagan.config import Config
 from dermagan.config.layout import LAYOUT
+from dermagan.data.prepared import check_classes
 from dermagan.data.trainset import OVERSAMPLE, parse_extra
 from dermagan.device import pick_device
 from dermagan.errors import DermaganError
@@ -58,10 +59,11 @@ def run_cv(cfg: Config, arm: str, prepared: Path, out_dir: Path | None = None, c
     image_size, max_batches, classes = cfg.prepare.image_size, cfg.train.max_batches_per_epoch, cfg.classes
     gan, augment = cfg.gan.plain(), cfg.augment.plain()
 
+    check_classes(prepared, classes)  # the folder's integer labels index params data.classes
     data = folds(prepared, "kfold", n_folds, seed)
     lesions = fold_lesions(prepared, data)
     config = plain_json({
-        "arm": arm, "folds": n_folds, "seed": seed, "recipe": recipe, "extra": extra,
+        "arm": arm, "folds": n_folds, "seed": seed, "classes": list(classes), "recipe": recipe, "extra": extra,
         "oversample": {k: gan[k] for k in ("classes", "amount", "seed")} if extra == OVERSAMPLE else None,
         "augment": augment, "image_size": image_size, "max_batches_per_epoch": max_batches,
         "data": fingerprint(data)})
@@ -85,9 +87,10 @@ def run_cv(cfg: Config, arm: str, prepared: Path, out_dir: Path | None = None, c
                                "max_batches_per_epoch": max_batches})
         resume_dir.mkdir(parents=True, exist_ok=True)
         write_json(resume_dir / STATE, {"config": config, "parent_run_id": parent.info.run_id})
-        results = kfold_scores(recipe, data_run, seed=seed, augment=augment, image_size=image_size,
-                               device=device, max_batches_per_epoch=max_batches,
-                               train_part=lambda f, train: fold_train_set(train, extra, gan), finished=finished,
+        results = kfold_scores(recipe, data_run, classes=classes, seed=seed, augment=augment,
+                               image_size=image_size, device=device, max_batches_per_epoch=max_batches,
+                               train_part=lambda f, train: fold_train_set(train, extra, gan, classes),
+                               finished=finished,
                                on_fold=fold_recorder(name, arm, n_folds, lesions, docs, reuse, resume_dir),
                                checkpoint=lambda f: resume_dir / f"fold{f}.pt")
         if len(results) < n_folds:

@@ -31,7 +31,8 @@ def ensemble_settings(cfg: Config) -> EnsembleSettings:
     return EnsembleSettings(register=ens.register_, collapse_threshold=float(ens.collapse_threshold),
                             stacking=stacking_settings(ens.stacking.plain()), bootstrap_samples=ev.bootstrap_samples,
                             ci_level=ev.ci_level, bootstrap_seed=ev.seed, batch_size=ev.batch_size,
-                            calibration_bins=ev.calibration_bins)
+                            calibration_bins=ev.calibration_bins, verdict_classes=cfg.verdict_classes,
+                            min_test_count=ev.min_test_count, power=ev.power)
 
 
 def default_arms(cfg: Config) -> list[str]:

@@ -10,7 +10,9 @@ from dermagan.data.prepare import PrepareConfig, prepare_dataset
 
 def run_prepare(cfg: Config, raw_dir: Path, out_dir: Path, eda_dir: Path) -> dict:
     """Resize, split and write the prepared dataset and EDA figures."""
-    p = cfg.prepare
+    p, data = cfg.prepare, cfg.data
     config = PrepareConfig(image_size=p.image_size, val_fraction=p.val_fraction, test_fraction=p.test_fraction,
-                           seed=p.seed, min_image_side=p.min_image_side)
+                           seed=p.seed, classes=cfg.classes, min_image_side=p.min_image_side,
+                           label_map=dict(data.label_map), split_by=p.split.by, test_sources=p.split.test_sources,
+                           sources=Path(data.sources) if data.sources else None)
     return prepare_dataset(Path(raw_dir), Path(out_dir), Path(eda_dir), config)

@@ -30,16 +30,19 @@ from dermagan.tracking.setup import configure
 METHOD = "cyclegan"
 
 
-def run_train_cyclegan(cfg: Config, dx: str, prepared: Path, out_dir: Path, checkpoint_dir: Path) -> dict:
-    """Train the source-class <-> ``dx`` CycleGAN; write ``<dx>.pt`` and ``generators.json`` to ``out_dir``."""
-    cycle = cfg.cyclegan_config(dx)  # refuses a class outside gan.classes
+def run_train_cyclegan(cfg: Config, dx: str, prepared: Path, out_dir: Path, checkpoint_dir: Path,
+                       variant: str | None = None) -> dict:
+    """Train the source-class <-> ``dx`` CycleGAN (with ``gan.cyclegan.variants.<variant>`` applied); write
+    ``<dx>.pt`` and ``generators.json`` to ``out_dir``."""
+    cycle = cfg.cyclegan_config(dx, variant)  # refuses a class outside gan.classes
+    method = variant or METHOD
     device = pick_device(cfg.train.device)
     configure(cfg.gan.experiment)
     images_a, images_b = domain_images(read_split(prepared, "train"), cycle.source_class, dx, cfg.classes,
                                        str(Path(prepared) / "train.npz"))
     trainer = CycleGanTrainer(cycle, images_a, images_b, device)
     example = np.zeros((1, 3, cycle.image_size, cycle.image_size), dtype=np.float32)
-    info = train_and_register(trainer, trainer.G_AB, METHOD, dx, [dx], Path(checkpoint_dir) / METHOD / f"{dx}.pt",
+    info = train_and_register(trainer, trainer.G_AB, method, dx, [dx], Path(checkpoint_dir) / method / f"{dx}.pt",
                               run_params={"n_train_images": len(images_b), "n_source_images": len(images_a)},
                               input_example=example, tags={"source_class": cycle.source_class,
                                                            "translation": f"{cycle.source_class}->{dx}"},

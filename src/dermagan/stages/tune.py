@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 from dermagan.atomic import atomic_dir
 from dermagan.config import Config
 from dermagan.config.load import TUNED_KEYS
+from dermagan.data.prepared import check_classes
 from dermagan.errors import DermaganError
 from dermagan.tracking.setup import configure
 from dermagan.tuning.apply import apply_classifier, apply_gan
@@ -39,7 +40,7 @@ def run_tune(cfg: Config, target: str, prepared: Path, report_dir: Path, workers
     tune, names = tune_block(cfg), None
     if target == "classifier":
         target_config = classifier_target(tune["classifier"], cfg.train.plain(), cfg.augment.plain(),
-                                          cfg.prepare.image_size, prepared)
+                                          cfg.prepare.image_size, cfg.classes, prepared)
     else:
         if not method or not dx:
             raise DermaganError("tune gan needs --method and --class (e.g. --method stgan --class df)")
@@ -49,6 +50,7 @@ def run_tune(cfg: Config, target: str, prepared: Path, report_dir: Path, workers
     study_cfg = study_config(tune, target, names=names, **overrides)
     if not is_url(study_cfg.storage):
         check_journal(Path(study_cfg.storage))  # a corrupt journal fails before MLflow or any trial is touched
+    check_classes(Path(prepared), cfg.classes)  # the folder's integer labels index params data.classes
     configure(study_cfg.experiment)
     study = run_study(study_cfg, target, target_config, workers, worker_offset)
     summary = study_summary(study, study_cfg)

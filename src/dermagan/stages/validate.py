@@ -10,6 +10,7 @@ import mlflow
 
 from dermagan.atomic import atomic_dir
 from dermagan.config import Config
+from dermagan.data.prepared import check_classes
 from dermagan.errors import DermaganError
 from dermagan.outputs import is_own_dir
 from dermagan.tracking.setup import configure, standard_tags
@@ -31,8 +32,10 @@ def run_validate(cfg: Config, prepared: Path, raw_dir: Path, out_dir: Path) -> N
     out_dir = Path(out_dir)
     failed_dir = out_dir.with_name(out_dir.name + "-failed")
     limits = cfg.validation
+    check_classes(Path(prepared), cfg.classes)  # prepared for another label set: a clear error, not GX noise
     with atomic_dir(out_dir) as tmp:
-        report = validate_prepared(Path(prepared), Path(raw_dir), thresholds_from(cfg), tmp / "data_docs")
+        report = validate_prepared(Path(prepared), Path(raw_dir), thresholds_from(cfg), cfg.classes,
+                                   tmp / "data_docs")
         report.docs_index = "data_docs/index.html"  # relative to summary.json, wherever the folder ends up
         (tmp / "summary.json").write_text(json.dumps(report.to_dict(), indent=2))
         (tmp / "summary.txt").write_text(report.summary_text() + "\n")

@@ -15,7 +15,7 @@ import numpy as np
 
 from dermagan.atomic import atomic_dir
 from dermagan.config import Config
-from dermagan.data.prepared import read_split
+from dermagan.data.prepared import check_classes, read_split
 from dermagan.data.trainset import OVERSAMPLE, extra_targets, gather_extras, parse_extra, write_extras
 from dermagan.errors import DermaganError
 from dermagan.outputs import is_own_dir
@@ -31,20 +31,21 @@ def run_validate_augmented(cfg: Config, arm: str, prepared: Path, synthetic_root
     """
     source = parse_extra(cfg.arm(arm).extra)
     experts = class_experts(cfg, arm, gan_root or Path(synthetic_root).parent / "gan")
-    prepared = Path(prepared)
+    prepared, task = Path(prepared), cfg.classes
+    check_classes(prepared, task)  # the folder's integer labels index params data.classes
     train = read_split(prepared, "train")
     holdout_splits = [read_split(prepared, s) for s in ("val", "test")]
     holdout = Holdout.from_images(np.concatenate([s.image_ids for s in holdout_splits]),
                                   np.concatenate([s.images for s in holdout_splits]))
-    targets = extra_targets(cfg.gan.plain(), train, source.method) if source.kind != "none" else {}
-    rows, extras = gather_extras(source, train, targets, Path(synthetic_root), cfg.gan.seed)
+    targets = extra_targets(cfg.gan.plain(), train, task, source.method) if source.kind != "none" else {}
+    rows, extras = gather_extras(source, train, targets, Path(synthetic_root), cfg.gan.seed, task)
     images = extra_image_frame(rows, holdout)
-    real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(cfg.classes)}
+    real_counts = {c: int((train.labels == i).sum()) for i, c in enumerate(task)}
     classes = extra_class_frame(real_counts, images["dx"].value_counts().to_dict(), targets)
     report_dir = Path(report_dir)
     failed_dir = report_dir.with_name(report_dir.name + "-failed")
     with atomic_dir(report_dir) as tmp:  # replaced only when the set passes and its extras are written
-        report = validate_extras(images, classes, train.images.shape[1], source.kind != OVERSAMPLE,
+        report = validate_extras(images, classes, train.images.shape[1], source.kind != OVERSAMPLE, task,
                                  tmp / "data_docs")
         report.docs_index = "data_docs/index.html"
         summary = {"arm": arm, "extra": source.label, "n_extra": len(images), "targets": targets,
@@ -64,7 +65,8 @@ def run_validate_augmented(cfg: Config, arm: str, prepared: Path, synthetic_root
         with atomic_dir(Path(out_dir)) as tmp_out:
             write_extras(tmp_out, extras, {"arm": arm, "extra": source.label, "targets": targets,
                                            "n_extra": len(extras),
-                                           **({"experts": experts.describe()} if experts is not None else {})})
+                                           **({"experts": experts.describe()} if experts is not None else {})},
+                         task)
             if experts is not None:
                 from dermagan.experts import save_experts
                 save_experts(experts, tmp_out)
@@ -80,6 +82,7 @@ def class_experts(cfg: Config, arm: str, gan_root: Path):
         return None
     from dermagan.experts import collect_experts, parse_experts
 
-    bank = collect_experts(parse_experts(experts.plain(), f"arms.{arm}"), list(cfg.gan.classes), Path(gan_root))
+    bank = collect_experts(parse_experts(experts.plain(), cfg.classes, f"arms.{arm}"), list(cfg.gan.classes),
+                           Path(gan_root))
     print(f"arm {arm}: class experts {list(bank.names)} from {Path(gan_root) / bank.method}")
     return bank

@@ -21,7 +21,6 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from dermagan.constants import CLASSES
 from dermagan.errors import DermaganError
 from dermagan.evaluate.compare import WORSE, bootstrap_indices, bootstrap_recalls, metric_values, verdict
 
@@ -163,7 +162,9 @@ def paired_gate(candidate: pd.DataFrame, champion: pd.DataFrame, n_boot: int, le
     """Paired bootstrap CI of test balanced accuracy, candidate − champion, joined on image_id.
 
     Raises DermaganError when the two were evaluated on different test images (or labels). The resamples
-    are drawn over the images sorted by image_id, so the result does not depend on the row order.
+    are drawn over the images sorted by image_id, so the result does not depend on the row order. The classes
+    are the models' own, as their predictions name them (no fixed label set: balanced accuracy is the mean
+    recall over the classes present in the test images, whatever their order).
     """
     ids_a, ids_b = set(candidate["image_id"]), set(champion["image_id"])
     if ids_a != ids_b:
@@ -176,7 +177,7 @@ def paired_gate(candidate: pd.DataFrame, champion: pd.DataFrame, n_boot: int, le
         raise DermaganError(f"{labels[0]} and {labels[1]} disagree on the true class of some test images; "
                             "re-run `dermagan evaluate` for both on the same prepared split (or use --force)")
     seen = set(joined["actual_a"]) | set(joined["predicted_a"]) | set(joined["predicted_b"])
-    classes = tuple(CLASSES) + tuple(sorted(seen - set(CLASSES)))
+    classes = tuple(sorted(seen))
     index = {c: i for i, c in enumerate(classes)}
     y_true = joined["actual_a"].map(index).to_numpy()
     pred_a, pred_b = joined["predicted_a"].map(index).to_numpy(), joined["predicted_b"].map(index).to_numpy()

@@ -23,7 +23,6 @@ import torch
 
 from dermagan.classify.recipe import build_classifier, build_recipe, train_config
 from dermagan.classify.train import Trainer, fit, load_checkpoint
-from dermagan.constants import CLASSES
 from dermagan.data.prepared import SplitArrays, read_split, read_split_table
 from dermagan.data.splits import grouped_kfold
 from dermagan.device import pick_device
@@ -79,14 +78,15 @@ class FoldResult:
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 
-def kfold_scores(recipe: dict, data: Sequence[tuple[SplitArrays, SplitArrays]], *, seed: int, augment: dict,
-                 image_size: int, device: torch.device, max_batches_per_epoch: int | None = None,
+def kfold_scores(recipe: dict, data: Sequence[tuple[SplitArrays, SplitArrays]], *, classes: tuple[str, ...],
+                 seed: int, augment: dict, image_size: int, device: torch.device, max_batches_per_epoch: int | None = None,
                  on_epoch: Callable[[int, int, dict], None] | None = None,
                  train_part: Callable[[int, SplitArrays], SplitArrays] | None = None,
                  finished: dict[int, FoldResult] | None = None,
                  on_fold: Callable[[FoldResult, bool], None] | None = None,
                  checkpoint: Callable[[int], Path] | None = None) -> list[FoldResult]:
-    """Train ``recipe`` once per (train, validation) pair of ``data`` (see :func:`folds`).
+    """Train ``recipe`` once per (train, validation) pair of ``data`` (see :func:`folds`); ``classes``: the task
+    labels (params ``data.classes``) the integer labels index.
 
     Every fold starts from ``torch.manual_seed(seed)``, so a fold's result does not depend on
     which folds ran before it. ``on_epoch(fold, epoch, metrics)`` sees every epoch (the tuner's
@@ -107,7 +107,7 @@ def kfold_scores(recipe: dict, data: Sequence[tuple[SplitArrays, SplitArrays]], 
         fold_train = train_part(f, train) if train_part else train
         cfg = train_config(recipe, seed, augment, max_batches_per_epoch)
         torch.manual_seed(cfg.seed)
-        trainer = Trainer(build_classifier(recipe, CLASSES, image_size), fold_train, cfg, device)
+        trainer = Trainer(build_classifier(recipe, tuple(classes), image_size), fold_train, cfg, device)
         path = checkpoint(f) if checkpoint else None
         if path is not None and path.exists():
             load_checkpoint(trainer, path)  # a checkpoint of another TrainConfig is ignored
@@ -121,7 +121,7 @@ def kfold_scores(recipe: dict, data: Sequence[tuple[SplitArrays, SplitArrays]], 
         best = fitted.history[fitted.best_epoch - 1] if fitted.best_epoch else {}
         result = FoldResult(fold=f, n_train=len(train), n_extra=len(fold_train) - len(train), n_val=len(val),
                             bal_acc=float(fitted.best_val_bal_acc), best_epoch=int(fitted.best_epoch),
-                            recalls={c: float(best.get(f"val/recall_{c}", float("nan"))) for c in CLASSES},
+                            recalls={c: float(best.get(f"val/recall_{c}", float("nan"))) for c in classes},
                             seconds=time.perf_counter() - started,
                             history=[{k: float(v) for k, v in row.items()} for row in fitted.history],
                             resumed_epoch=resumed_epoch)
@@ -134,8 +134,9 @@ def kfold_scores(recipe: dict, data: Sequence[tuple[SplitArrays, SplitArrays]], 
 
 
 def make_objective(config: dict) -> Callable:
-    """objective(trial, report) for the plain values in ``config`` (see tuning/targets.py)."""
-    space = config["space"]
+    """objective(trial, report) for the plain values in ``config`` (see tuning/targets.py; ``classes``: the task
+    labels, params ``data.classes``)."""
+    space, classes = config["space"], tuple(config["classes"])
     check_space(space, "tune.classifier.space")
     data = folds(Path(config["prepared"]), config["objective"], int(config["kfold_splits"]), int(config["seed"]))
     device = pick_device(config["device"])
@@ -144,7 +145,7 @@ def make_objective(config: dict) -> Callable:
         recipe = build_recipe(config["train"], suggest(trial, space), where="tune.classifier.space")
         mlflow.log_params({**flatten(recipe, "recipe."), "objective": config["objective"], "folds": len(data)})
         report.plan(len(data) * int(recipe["epochs"]))
-        results = kfold_scores(recipe, data, seed=int(config["seed"]), augment=config["augment"],
+        results = kfold_scores(recipe, data, classes=classes, seed=int(config["seed"]), augment=config["augment"],
                                image_size=int(config["image_size"]), device=device,
                                max_batches_per_epoch=config.get("max_batches_per_epoch"),
                                on_epoch=lambda fold, epoch, metrics: report(100 * fold + epoch,

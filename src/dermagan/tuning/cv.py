@@ -67,12 +67,14 @@ def cv_settings(n_folds: int | None, seed: int | None, default_folds: int | None
     return int(n_folds), int(seed)
 
 
-def fold_train_set(train: SplitArrays, extra: str | None, gan: dict) -> SplitArrays:
+def fold_train_set(train: SplitArrays, extra: str | None, gan: dict, classes: tuple[str, ...]) -> SplitArrays:
     """A fold's training set: its real training part, plus (``extra: oversample``) copies drawn from it only,
-    ``gan.classes`` x ``gan.amount`` with seed ``gan.seed`` (``gan``: the params block as plain values)."""
+    ``gan.classes`` x ``gan.amount`` with seed ``gan.seed`` (``gan``: the params block as plain values;
+    ``classes``: the task labels, params ``data.classes``)."""
     if parse_extra(extra).kind != OVERSAMPLE:
         return train
-    return with_extras(train, oversample_extras(train, extra_targets(gan, train), int(gan["seed"])))
+    return with_extras(train, oversample_extras(train, extra_targets(gan, train, classes), int(gan["seed"]),
+                                                classes))
 
 
 def fold_lesions(prepared: Path, data: list[tuple[SplitArrays, SplitArrays]]) -> list[int]:

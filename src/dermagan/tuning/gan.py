@@ -35,7 +35,6 @@ from torch import nn
 from dermagan.classify.inference import to_float_batch
 from dermagan.classify.models import TTA_VIEWS, dihedral_views
 from dermagan.classify.train import balanced_class_weights
-from dermagan.constants import CLASSES
 from dermagan.data.prepared import SplitArrays, read_split
 from dermagan.device import pick_device
 from dermagan.errors import DermaganError
@@ -89,13 +88,19 @@ class HeadProbe:
 
     ``model`` is a ``NormalizedClassifier`` around a timm network (``forward_features`` /
     ``forward_head`` / ``get_classifier``). Val images are scored with the model's own TTA views.
+    ``classes``: the task labels (params ``data.classes``) that the splits' integer labels index.
     """
 
     def __init__(self, model: nn.Module, train: SplitArrays, val: SplitArrays, cfg: ProbeConfig,
-                 device: torch.device, batch_size: int = 256):
+                 device: torch.device, classes: tuple[str, ...], batch_size: int = 256):
         net = model.net
         if not all(hasattr(net, name) for name in ("forward_features", "forward_head", "get_classifier")):
             raise DermaganError(f"the probe needs a timm backbone with a linear head, got {type(net).__name__}")
+        own = tuple(getattr(model, "classes", classes))
+        if own != tuple(classes):
+            raise DermaganError(f"the probe's classifier was trained for classes {list(own)}, but the task "
+                                f"(data.classes) is {list(classes)}; train it for this task first")
+        self.classes = tuple(classes)
         self.model, self.cfg, self.device, self.batch_size = model.to(device).eval(), cfg, device, batch_size
         self.head = net.get_classifier()
         self.views = TTA_VIEWS[model.tta]
@@ -120,7 +125,7 @@ class HeadProbe:
         """The trained head, fine-tuned for ``epochs`` on (x, y) with a fixed, seeded schedule."""
         cfg = self.cfg
         head = copy.deepcopy(self.head).cpu().train().requires_grad_(True)
-        weights = balanced_class_weights(y.numpy(), len(CLASSES), cfg.class_weight_power)
+        weights = balanced_class_weights(y.numpy(), len(self.classes), cfg.class_weight_power)
         loss_fn = nn.CrossEntropyLoss(weight=weights if cfg.class_weight_power else None)
         optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -136,9 +141,9 @@ class HeadProbe:
     def val_scores(self, head: nn.Module) -> dict:
         proba = torch.stack([torch.softmax(head(v), dim=1) for v in self.val_x]).mean(0).numpy()
         pred = proba.argmax(1)
-        recalls = per_class_recall(self.val_y, pred, len(CLASSES))
-        return {"val_bal_acc": balanced_accuracy(self.val_y, pred, len(CLASSES)),
-                **{f"val_recall_{c}": float(r) for c, r in zip(CLASSES, recalls)}}
+        recalls = per_class_recall(self.val_y, pred, len(self.classes))
+        return {"val_bal_acc": balanced_accuracy(self.val_y, pred, len(self.classes)),
+                **{f"val_recall_{c}": float(r) for c, r in zip(self.classes, recalls)}}
 
     def score(self, extra: np.ndarray | None = None, label: int | None = None) -> dict:
         """Val scores after the fixed fine-tune on real train (+ ``extra`` uint8 images of class ``label``)."""
@@ -161,14 +166,15 @@ def feasibility(bal_acc: float, reference: float, tolerance: float) -> float:
 # --- the objective ------------------------------------------------------------------------------
 
 def make_objective(config: dict) -> Callable:
-    """objective(trial, report) for the plain values in ``config`` (built by tuning/targets.py)."""
+    """objective(trial, report) for the plain values in ``config`` (built by tuning/targets.py; ``classes``:
+    the task labels, params ``data.classes``)."""
     from dermagan.classify.artifact import load_trained  # the train stage's model format
 
-    space, dx = config["space"], config["class"]
+    space, dx, classes = config["space"], config["class"], tuple(config["classes"])
     check_gan_space(space, f"tune.gan.space")
-    if dx not in CLASSES:
-        raise DermaganError(f"tune gan: unknown class '{dx}'; classes are {list(CLASSES)}")
-    label, device = CLASSES.index(dx), pick_device(config["device"])
+    if dx not in classes:
+        raise DermaganError(f"tune gan: unknown class '{dx}'; the task labels (data.classes) are {list(classes)}")
+    label, device = classes.index(dx), pick_device(config["device"])
     prepared = Path(config["prepared"])
     train, val = read_split(prepared, "train"), read_split(prepared, "val")
     mask = train.labels == label
@@ -181,7 +187,7 @@ def make_objective(config: dict) -> Callable:
     encoder = load_encoder(encoder_path, device)
     real_features = encode(encoder, train.images[mask])
     model, _ = load_trained(Path(config["classifier"]))
-    probe = HeadProbe(model, train, val, ProbeConfig(**config["probe"]), device)
+    probe = HeadProbe(model, train, val, ProbeConfig(**config["probe"]), device, classes)
     reference, untuned = probe.score(), probe.untuned()
     tolerance, every = float(config["tolerance"]), int(config["eval_every_images"])
     proxy_samples, seed = int(config["proxy_samples"]), int(config["generate_seed"])

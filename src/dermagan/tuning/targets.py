@@ -37,14 +37,16 @@ def study_config(tune: dict, target: str, names: dict | None = None, storage: st
                        enqueue=tuple(dict(v) for v in cfg.get("enqueue") or ()))
 
 
-def classifier_target(study: dict, train: dict, augment: dict, image_size: int, prepared: Path) -> dict:
+def classifier_target(study: dict, train: dict, augment: dict, image_size: int, classes: tuple[str, ...],
+                      prepared: Path) -> dict:
     """Plain values for the classifier objective (picklable, for worker processes).
 
     ``study``: ``tune.classifier``; ``train``: the ``train`` block (tuned values merged); the
-    searched keys are left out of the recipe base."""
+    searched keys are left out of the recipe base; ``classes``: the task labels (``data.classes``)."""
     check_space(study["space"], "tune.classifier.space")
     base = {k: v for k, v in train.items() if k not in study["space"]}
-    return {"prepared": str(prepared), "space": study["space"], "objective": study["objective"],
+    return {"prepared": str(prepared), "classes": list(classes), "space": study["space"],
+            "objective": study["objective"],
             "kfold_splits": int(study["kfold_splits"]), "seed": int(study["seed"]), "train": base,
             "augment": augment, "image_size": int(image_size), "device": train["device"],
             "max_batches_per_epoch": train.get("max_batches_per_epoch")}
@@ -73,7 +75,8 @@ def gan_target(study: dict, gan: dict, image_size: int, classes: tuple[str, ...]
     amount = gan["amount"]
     if AMOUNT not in study["space"] and amount.get("mode") != "count":
         raise DermaganError("tune gan: gan.amount.mode must be 'count' unless tune.gan.space searches 'amount'")
-    return {"prepared": str(prepared), "class": dx, "method": method, "space": study["space"],
+    return {"prepared": str(prepared), "classes": list(classes), "class": dx, "method": method,
+            "space": study["space"],
             "stage2": asdict(stgan_config(base, image_size, tuple(classes), "stage2", dx)),
             "base_dir": str(study["base_dir"]), "classifier": str(study["classifier"]),
             "domain_encoder": str(study["domain_encoder"]), "probe": dict(study["probe"]),

@@ -18,9 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from great_expectations import expectations as gxe  # noqa: E402
 
-from dermagan.constants import CLASSES  # noqa: E402
 from dermagan.validation.runner import ValidationReport, run_suites  # noqa: E402
-from dermagan.validation.suites import about, make_suite, set_text  # noqa: E402
+from dermagan.validation.suites import about, label_expectation, make_suite  # noqa: E402
 
 KEYS = {"extra_images": ["source"], "extra_classes": ["dx"]}
 
@@ -64,7 +63,8 @@ def extra_class_frame(real_counts: dict[str, int], extra_counts: dict[str, int],
     return frame
 
 
-def extra_images_suite(image_size: int, unique_sources: bool) -> gx.ExpectationSuite:
+def extra_images_suite(image_size: int, unique_sources: bool, classes: tuple[str, ...]) -> gx.ExpectationSuite:
+    """Per extra image: decodes, RGB, the prepared size, a task label of ``classes``, not a val/test image."""
     expectations = [
         gxe.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True],
                                         **about("decodes in {True}", "extra image file decodes")),
@@ -74,8 +74,7 @@ def extra_images_suite(image_size: int, unique_sources: bool) -> gx.ExpectationS
                                             **about(f"{c} == {image_size}", f"extra image {c} matches the "
                                                     "prepared real images"))
           for c in ("width", "height")],
-        gxe.ExpectColumnValuesToBeInSet(column="dx", value_set=sorted(CLASSES),
-                                        **about(f"dx in {set_text(CLASSES)}", "label is a HAM10000 class")),
+        label_expectation(classes),
         gxe.ExpectColumnValuesToBeInSet(column="in_holdout", value_set=[False],
                                         **about("in_holdout in {False}", "no extra image is a val/test image "
                                                 "(by image id or identical pixels)")),
@@ -94,9 +93,10 @@ def extra_classes_suite() -> gx.ExpectationSuite:
     ])
 
 
-def validate_extras(images: pd.DataFrame, classes: pd.DataFrame, image_size: int, unique_sources: bool,
-                    docs_dir: Path | None) -> ValidationReport:
-    """Run both suites; Data Docs go to ``docs_dir`` if given."""
-    suites = {"extra_images": extra_images_suite(image_size, unique_sources),
+def validate_extras(images: pd.DataFrame, class_counts: pd.DataFrame, image_size: int, unique_sources: bool,
+                    classes: tuple[str, ...], docs_dir: Path | None) -> ValidationReport:
+    """Run both suites (``class_counts``: :func:`extra_class_frame`; ``classes``: the task labels, params
+    ``data.classes``); Data Docs go to ``docs_dir`` if given."""
+    suites = {"extra_images": extra_images_suite(image_size, unique_sources, classes),
               "extra_classes": extra_classes_suite()}
-    return run_suites({"extra_images": images, "extra_classes": classes}, suites, KEYS, docs_dir)
+    return run_suites({"extra_images": images, "extra_classes": class_counts}, suites, KEYS, docs_dir)

@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dermagan.constants import CLASSES, SPLITS
+from dermagan.constants import SPLITS
 from dermagan.data.images import check_images_dir, find_image, open_rgb
 from dermagan.data.prepared import SplitArrays
 from dermagan.errors import DermaganError
@@ -74,8 +74,9 @@ def array_columns(arrays: SplitArrays) -> pd.DataFrame:
     })
 
 
-def check_aligned(rows: pd.DataFrame, arrays: SplitArrays, split: str) -> None:
-    """Raise if a split's arrays do not hold the split table's images in the same order."""
+def check_aligned(rows: pd.DataFrame, arrays: SplitArrays, split: str, classes: tuple[str, ...]) -> None:
+    """Raise if a split's arrays do not hold the split table's images in the same order (or their labels,
+    indices into the task labels ``classes``, disagree with the table's ``dx``)."""
     expected = rows["image_id"].astype(str).to_numpy()
     found = np.asarray(arrays.image_ids).astype(str)
     if len(expected) != len(found) or len(arrays.images) != len(found):
@@ -86,7 +87,7 @@ def check_aligned(rows: pd.DataFrame, arrays: SplitArrays, split: str) -> None:
         i = int(wrong[0])
         raise DermaganError(f"split '{split}': row {i} of the arrays is {found[i]}, "
                             f"the split table says {expected[i]} (arrays out of order)")
-    codes = rows["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=float)
+    codes = rows["dx"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=float)
     bad = np.flatnonzero(~np.isnan(codes) & (codes != np.asarray(arrays.labels)))
     if len(bad):
         raise DermaganError(f"split '{split}': label of {expected[bad[0]]} in the arrays "
@@ -94,8 +95,10 @@ def check_aligned(rows: pd.DataFrame, arrays: SplitArrays, split: str) -> None:
 
 
 def image_frame(table: pd.DataFrame, arrays_by_split: dict[str, SplitArrays],
-                raw_dir: Path) -> pd.DataFrame:
+                raw_dir: Path, classes: tuple[str, ...]) -> pd.DataFrame:
     """One row per image: ids, split, age, raw-file status and prepared-array statistics.
+
+    ``classes``: the task labels the arrays' integer labels index (params ``data.classes``).
 
     A table without an 'age' column gets no age column here; the suite then reports it missing.
     """
@@ -110,7 +113,7 @@ def image_frame(table: pd.DataFrame, arrays_by_split: dict[str, SplitArrays],
             if len(rows):
                 raise DermaganError(f"split '{split}': {len(rows)} images listed but no arrays given")
             continue
-        check_aligned(rows, arrays_by_split[split], split)
+        check_aligned(rows, arrays_by_split[split], split, classes)
         stats = array_columns(arrays_by_split[split]).drop(columns="image_id")
         parts.append(pd.concat([rows.reset_index(drop=True), stats], axis=1))
     other = table.loc[~table["split"].isin(SPLITS), ["image_id", "lesion_id", "dx", "split"]]
@@ -154,10 +157,11 @@ def duplicate_frame(images_frame: pd.DataFrame) -> pd.DataFrame:
                         ).reset_index()
 
 
-def class_frame(images_frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (split, dx) for every class and split (zero-filled): count and share of split."""
+def class_frame(images_frame: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """One row per (split, dx) for every task label of ``classes`` and split (zero-filled): count and share
+    of split."""
     counts = images_frame.groupby(["split", "dx"]).size()
-    index = pd.MultiIndex.from_product([SPLITS, CLASSES], names=["split", "dx"])
+    index = pd.MultiIndex.from_product([SPLITS, list(classes)], names=["split", "dx"])
     frame = counts.reindex(index, fill_value=0).rename("count").astype(np.int64).reset_index()
     totals = frame.groupby("split")["count"].transform("sum")
     frame["share"] = (frame["count"] / totals.where(totals > 0)).fillna(0.0).astype(np.float64)

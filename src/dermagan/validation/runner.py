@@ -127,13 +127,13 @@ def run_frame(ctx, source, name: str, frame: pd.DataFrame, suite: gx.Expectation
     return definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
 
 
-def run_all(frames: dict[str, pd.DataFrame], thresholds: Thresholds,
+def run_all(frames: dict[str, pd.DataFrame], thresholds: Thresholds, classes: tuple[str, ...],
             docs_dir: Path | None) -> ValidationReport:
-    """Validate every frame in one context; build Data Docs into ``docs_dir`` if given."""
+    """Validate every frame in one context (``classes``: the task labels); Data Docs into ``docs_dir`` if given."""
     unknown = sorted(set(frames) - set(FRAME_KEYS))
     if unknown:
         raise DermaganError(f"unknown frame(s) {unknown}; expected names from {list(FRAME_KEYS)}")
-    return run_suites(frames, build_suites(thresholds), FRAME_KEYS, docs_dir)
+    return run_suites(frames, build_suites(thresholds, classes), FRAME_KEYS, docs_dir)
 
 
 def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, gx.ExpectationSuite],
@@ -152,13 +152,14 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, gx.Expectation
     return report
 
 
-def validate_frames(frames: dict[str, pd.DataFrame], thresholds: Thresholds,
+def validate_frames(frames: dict[str, pd.DataFrame], thresholds: Thresholds, classes: tuple[str, ...],
                     docs_dir: Path | None = None) -> ValidationReport:
-    """Run the suites on the given frames; Data Docs replace ``docs_dir`` only when complete."""
+    """Run the suites on the given frames (``classes``: the task labels, params ``data.classes``); Data Docs
+    replace ``docs_dir`` only when complete."""
     if docs_dir is None:
-        return run_all(frames, thresholds, None)
+        return run_all(frames, thresholds, classes, None)
     with atomic_dir(Path(docs_dir)) as tmp:
-        report = run_all(frames, thresholds, tmp)
+        report = run_all(frames, thresholds, classes, tmp)
     index = Path(docs_dir) / "index.html"
     if not index.is_file():
         raise DermaganError(f"{index}: Great Expectations wrote no Data Docs index")
@@ -166,20 +167,23 @@ def validate_frames(frames: dict[str, pd.DataFrame], thresholds: Thresholds,
     return report
 
 
-def build_frames(table: pd.DataFrame, arrays_by_split: dict, raw_dir: Path) -> dict[str, pd.DataFrame]:
-    """The four frames the suites check, from the split table, split arrays and raw folder."""
-    images = image_frame(table, arrays_by_split, raw_dir)
+def build_frames(table: pd.DataFrame, arrays_by_split: dict, raw_dir: Path,
+                 classes: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """The four frames the suites check, from the split table, split arrays and raw folder (``classes``:
+    the task labels the arrays' integer labels index)."""
+    images = image_frame(table, arrays_by_split, raw_dir, classes)
     return {"images": images, "lesions": lesion_frame(images),
-            "duplicates": duplicate_frame(images), "classes": class_frame(images)}
+            "duplicates": duplicate_frame(images), "classes": class_frame(images, classes)}
 
 
-def validate_prepared(prepared_dir: Path, raw_dir: Path, thresholds: Thresholds,
+def validate_prepared(prepared_dir: Path, raw_dir: Path, thresholds: Thresholds, classes: tuple[str, ...],
                       docs_dir: Path | None = None) -> ValidationReport:
-    """Read a prepared folder, build the frames and validate them against the raw images."""
+    """Read a prepared folder, build the frames and validate them against the raw images and the task labels
+    ``classes`` (params ``data.classes``; the stage checks the folder was prepared for them)."""
     table = read_split_table(Path(prepared_dir))
     arrays = {split: read_split(Path(prepared_dir), split) for split in SPLITS}
-    frames = build_frames(table, arrays, Path(raw_dir))
-    report = validate_frames(frames, thresholds, docs_dir)
+    frames = build_frames(table, arrays, Path(raw_dir), classes)
+    report = validate_frames(frames, thresholds, classes, docs_dir)
     report.class_balance = class_balance_table(frames["classes"])
     return report
 
@@ -187,6 +191,7 @@ def validate_prepared(prepared_dir: Path, raw_dir: Path, thresholds: Thresholds,
 def class_balance_table(class_frame_: pd.DataFrame) -> pd.DataFrame:
     """Class x split table: image counts, then shares (columns like ``count_train``, ``share_val``)."""
     wide = class_frame_.pivot(index="dx", columns="split", values=["count", "share"])
+    wide = wide.reindex(index=list(dict.fromkeys(class_frame_["dx"])))  # the task's class order, not sorted
     splits = [s for s in SPLITS if s in set(class_frame_["split"])]
     ordered = [(value, split) for value in ("count", "share") for split in splits]
     wide = wide.reindex(columns=pd.MultiIndex.from_tuples(ordered))

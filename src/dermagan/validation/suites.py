@@ -15,8 +15,6 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 import great_expectations as gx  # noqa: E402
 from great_expectations import expectations as gxe  # noqa: E402
 
-from dermagan.constants import CLASSES  # noqa: E402
-
 MIN_AGE, MAX_AGE = 0, 120  # plausible patient ages in years (an unknown age is empty and passes)
 
 # Columns that identify a failing row in each frame (used for unexpected examples).
@@ -54,13 +52,18 @@ def make_suite(name: str, expectations: list) -> gx.ExpectationSuite:
     return gx.ExpectationSuite(name=name, expectations=expectations)
 
 
-def images_suite(thresholds: Thresholds) -> gx.ExpectationSuite:
-    """Per-image checks: labels, ids, age, raw-file decoding, prepared shape and content."""
+def label_expectation(classes: tuple[str, ...]):
+    """``dx`` is one of the task labels ``classes`` (params ``data.classes``)."""
+    return gxe.ExpectColumnValuesToBeInSet(column="dx", value_set=sorted(classes),
+                                           **about(f"dx in {set_text(classes)}",
+                                                   "label is a task label (data.classes)"))
+
+
+def images_suite(thresholds: Thresholds, classes: tuple[str, ...]) -> gx.ExpectationSuite:
+    """Per-image checks: labels (one of ``classes``), ids, age, raw-file decoding, prepared shape and content."""
     size = thresholds.image_size
-    classes = sorted(CLASSES)
     expectations = [
-        gxe.ExpectColumnValuesToBeInSet(column="dx", value_set=classes,
-                                        **about(f"dx in {set_text(classes)}", "label is a HAM10000 class")),
+        label_expectation(classes),
         *[gxe.ExpectColumnValuesToNotBeNull(column=column,
                                             **about(f"{column} not null", f"every image has a {column}"))
           for column in ("image_id", "lesion_id", "dx")],
@@ -118,10 +121,10 @@ def classes_suite(thresholds: Thresholds) -> gx.ExpectationSuite:
     ])
 
 
-def build_suites(thresholds: Thresholds) -> dict[str, gx.ExpectationSuite]:
-    """All four suites keyed by frame name (the keys of FRAME_KEYS)."""
+def build_suites(thresholds: Thresholds, classes: tuple[str, ...]) -> dict[str, gx.ExpectationSuite]:
+    """All four suites keyed by frame name (the keys of FRAME_KEYS); ``classes``: the task labels."""
     return {
-        "images": images_suite(thresholds),
+        "images": images_suite(thresholds, classes),
         "lesions": lesions_suite(),
         "duplicates": duplicates_suite(),
         "classes": classes_suite(thresholds),

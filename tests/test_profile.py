@@ -1,0 +1,106 @@
+"""Profiles: an overlay of params.yaml, validated whole, run as its own DVC project in profiles/NAME/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from dermagan.cli import main
+from dermagan.config.load import load_profile, merge_params
+
+
+def test_merge_replaces_arms_and_merges_the_rest():
+    base = {"arms": {"a": {"extra": None}, "b": {"extra": "oversample"}}, "gan": {"x": 1, "net": {"y": 2, "z": 3}}}
+    merged = merge_params(base, {"arms": {"c": {"extra": None}}, "gan": {"net": {"z": 4}}})
+    assert merged == {"arms": {"c": {"extra": None}}, "gan": {"x": 1, "net": {"y": 2, "z": 4}}}
+    assert base["gan"]["net"]["z"] == 3  # the base is not changed
+
+
+@pytest.mark.parametrize("name", ["melanoma", "rosendahl"])
+def test_shipped_profiles_validate(name: str):
+    merged, cfg = load_profile(REPO / "params.yaml", REPO / "profiles" / f"{name}.yaml")
+    assert cfg.mlflow.experiment == f"dermagan-{name}"
+    if name == "melanoma":
+        assert cfg.classes == ("other", "mel") and cfg.data.positive == "mel"
+        assert sorted(cfg.arms) == ["effnet", "effnet_cyclegan", "effnet_cyclegan_nols", "effnet_ros"]
+    else:
+        assert cfg.prepare.split.by == "source" and cfg.prepare.split.test_sources == ("rosendahl",)
+        assert merged["data"]["sources"] == "imports/ham10000_sources.csv"
+
+
+def project(tmp_path: Path, overlay: dict) -> Path:
+    root = tmp_path / "project"
+    (root / "profiles").mkdir(parents=True)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params").mkdir()
+    for key in ("tuned_params", "tuned_gan_params"):
+        (root / params[key]).write_text((REPO / params[key]).read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    for folder in ("data", "imports", "src"):
+        (root / folder).mkdir()
+    (root / "profiles" / "mine.yaml").write_text(yaml.safe_dump(overlay))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+OWN = {"mlflow": {"experiment": "mine", "registered_model": "mine-classifier"}, "gan": {"experiment": "mine-gan"},
+       "data": {"classes": ["a", "b"], "positive": "b", "label_map": {}}, "gan_classes": None}
+
+
+def own_overlay(**extra) -> dict:
+    overlay = {k: v for k, v in OWN.items() if k != "gan_classes"}
+    overlay["gan"] = {**overlay["gan"], "classes": ["b"], "stgan": {"per_class": {"b": {"total_images": 100}}}}
+    overlay["evaluate"] = {"verdict_classes": ["b"]}
+    overlay["arms"] = {"effnet": {"extra": None}}
+    return {**overlay, **extra}
+
+
+def test_dry_run_writes_a_dvc_sub_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = project(tmp_path, own_overlay())
+    monkeypatch.chdir(root)
+    assert main(["profile", "mine", "--dry-run"]) == 0
+    folder = root / "profiles" / "mine"
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    assert params["data"]["classes"] == ["a", "b"] and list(params["arms"]) == ["effnet"]
+    assert params["prepare"] == yaml.safe_load((root / "params.yaml").read_text())["prepare"]
+    assert (folder / ".dvc").is_dir() and (folder / "dvc.yaml").is_file()
+    assert all((folder / link).is_symlink() for link in ("data", "imports", "src", "params"))
+    stages = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=folder, capture_output=True, text=True)
+    assert stages.returncode == 0 and "train@effnet-0" in stages.stdout, stages.stderr
+    assert "effnet_stgan" not in stages.stdout
+    assert main(["profile", "mine", "--dry-run"]) == 0  # a second run refreshes its own folder
+
+
+def test_profile_needs_its_own_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    overlay = own_overlay()
+    overlay["mlflow"] = {"experiment": "dermagan", "registered_model": "mine-classifier"}
+    monkeypatch.chdir(project(tmp_path, overlay))
+    assert main(["profile", "mine", "--dry-run"]) == 2
+    assert "mlflow.experiment" in capsys.readouterr().err
+    assert not Path("profiles/mine").exists()
+
+
+def test_unknown_profile_and_bad_overlay_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.chdir(project(tmp_path, own_overlay(prepare={"image_size": 60})))
+    assert main(["profile", "nosuch", "--dry-run"]) == 2
+    assert "profiles are ['mine']" in capsys.readouterr().err
+    assert main(["profile", "mine", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "profiles/mine.yaml" in err and "prepare.image_size" in err
+    assert not Path("profiles/mine").exists()
+
+
+def test_a_foreign_folder_is_never_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    root = project(tmp_path, own_overlay())
+    (root / "profiles" / "mine").mkdir()
+    (root / "profiles" / "mine" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(root)
+    assert main(["profile", "mine", "--dry-run"]) == 2
+    assert "not made by `dermagan profile`" in capsys.readouterr().err
+    assert (root / "profiles" / "mine" / "notes.txt").read_text() == "mine"
