@@ -62,10 +62,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from dermagan.stages.evaluate import run_evaluate
 
     doc = run_evaluate(args.config, args.arm, args.seed, args.prepared, args.model_dir, args.metrics, args.plots,
-                       args.predictions, args.roc, reliability_csv=args.reliability)
+                       args.predictions, args.roc, reliability_csv=args.reliability, external_dir=args.external)
     test = doc["test"]
     print(f"arm {args.arm} seed {args.seed} test bal_acc {test['bal_acc']:.4f} "
           f"[{test['bal_acc_ci_low']:.4f}, {test['bal_acc_ci_high']:.4f}]")
+    for name, block in doc.get("external", {}).items():
+        print(f"arm {args.arm} seed {args.seed} external {name} bal_acc {block['bal_acc']:.4f} "
+              f"[{block['bal_acc_ci_low']:.4f}, {block['bal_acc_ci_high']:.4f}] ({block['n_images']} images)")
 
 
 def cmd_compare_runs(args: argparse.Namespace) -> None:
@@ -84,7 +87,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from dermagan.stages.compare import run_compare
 
     print(run_compare(args.config, args.metrics_dir, args.out, args.predictions_dir, args.history_dir,
-                      summary_json=args.summary))
+                      summary_json=args.summary, external_dir=args.external, eval_dir=args.eval_dir))
 
 
 def cmd_ensemble(args: argparse.Namespace) -> None:
@@ -92,7 +95,7 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
 
     params = args.config
     doc = run_ensemble(params, args.arms or default_arms(params), args.seeds, args.prepared, args.models_dir,
-                       args.out, args.metrics, args.predictions_dir)
+                       args.out, args.metrics, args.predictions_dir, external_dir=args.external)
     for combiner, stats in doc["combiners"].items():
         print(f"{combiner:13s} test bal_acc {stats['bal_acc_mean']:.4f} (val-fitted weights, "
               f"{stats['collapsed_seeds']} collapsed seed(s))")
@@ -439,6 +442,9 @@ def _classifier_commands(add) -> None:
     p.add_argument("--roc", type=Path, help="ROC curves on a shared FPR grid (default: reports/roc/ARM-sSEED.csv)")
     p.add_argument("--reliability", type=Path,
                    help="reliability-diagram bins, non-empty only (default: reports/reliability/ARM-sSEED.csv)")
+    p.add_argument("--external", type=Path,
+                   help="prepare-external's folder: each external test set in it is scored too, its predictions "
+                        "written to PLOTS/external/NAME.csv (default: %(default)s)")
 
     p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
     p.add_argument("--metrics-dir", type=Path)
@@ -449,6 +455,12 @@ def _classifier_commands(add) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--summary", type=Path, help="also write the summary (means, spreads, verdicts) here, "
                    "e.g. a DVC metrics file")
+    p.add_argument("--external", type=Path,
+                   help="prepare-external's folder: names the external test sets reported beside the internal "
+                        "test (default: %(default)s)")
+    p.add_argument("--eval-dir", type=Path,
+                   help="the evaluate stage's figures folders, holding ARM-sSEED/external/NAME.csv "
+                        "(default: %(default)s)")
 
     p = add("compare-runs", cmd_compare_runs,
             "Paired bootstrap of an arm's test predictions against an earlier run of it (e.g. tuned vs default GAN "
@@ -471,6 +483,9 @@ def _classifier_commands(add) -> None:
     p.add_argument("--metrics", type=Path)
     p.add_argument("--predictions-dir", type=Path,
                    help="per-image test predictions, ensemble_COMBINER-sSEED.csv (default: %(default)s)")
+    p.add_argument("--external", type=Path,
+                   help="prepare-external's folder: every combiner is also scored on each external test set "
+                        "(weights unchanged) (default: %(default)s)")
 
     p = add("cv", cmd_cv, "Lesion-grouped K-fold evaluation of one arm on train+val (the test split is never "
             "read): per-fold and mean ± std balanced accuracy, report folder and MLflow runs (one parent, one "
@@ -629,12 +644,15 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
         "train": lambda: {"trainset": L.trainset(arm), "out": L.model_dir(arm, seed), "history": L.history(arm, seed)},
         "evaluate": lambda: {"model_dir": L.model_dir(arm, seed), "metrics": L.run_metrics(arm, seed),
                              "plots": L.eval_plots(arm, seed), "predictions": L.predictions(arm, seed),
-                             "roc": L.roc(arm, seed), "reliability": L.reliability(arm, seed)},
+                             "roc": L.roc(arm, seed), "reliability": L.reliability(arm, seed),
+                             "external": L.external},
         "compare-runs": lambda: {"candidate": L.predictions_dir, "out": L.compare_runs(arm)},
         "compare": lambda: {"metrics_dir": L.run_metrics_dir, "predictions_dir": L.predictions_dir,
-                            "history_dir": L.histories, "out": L.compare, "summary": L.compare_summary},
+                            "history_dir": L.histories, "out": L.compare, "summary": L.compare_summary,
+                            "external": L.external,
+                            "eval_dir": L.eval_plots("ARM", 0).parent},  # reports/eval
         "ensemble": lambda: {"models_dir": L.models, "out": L.ensemble, "metrics": L.ensemble_metrics,
-                             "predictions_dir": L.ensemble_predictions},
+                             "predictions_dir": L.ensemble_predictions, "external": L.external},
         "train-gan": lambda: {"out": L.gan_dir(method)},
         "train-stgan": lambda: {"base": L.stgan_base,  # stage 2 without --class: cmd_train_stgan names the problem
                                 "out": L.stgan_base if args.stage == 1 else (L.gan_class_dir("stgan", dx) if dx else None)},
@@ -697,11 +715,13 @@ COMMAND_PATHS: dict[str, dict[str, tuple]] = {
     "prepare-external": {"inputs": ("prepared", "raw"), "dirs": ("out",)},
     "validate-augmented": {"inputs": ("prepared", "synthetic_root"), "dirs": ("out", "report")},
     "train": {"inputs": ("prepared", "trainset"), "work": ("checkpoints",), "dirs": ("out",), "files": ("history",)},
-    "evaluate": {"inputs": ("prepared", "model_dir"), "dirs": ("plots",),
+    "evaluate": {"inputs": ("prepared", "model_dir", "external"), "dirs": ("plots",),
                  "files": ("metrics", "predictions", "roc", "reliability")},
     "compare-runs": {"inputs": ("baseline", "candidate"), "files": ("out",)},
-    "compare": {"inputs": ("metrics_dir", "predictions_dir", "history_dir"), "dirs": ("out",), "files": ("summary",)},
-    "ensemble": {"inputs": ("prepared", "models_dir"), "dirs": ("out", "predictions_dir"), "files": ("metrics",)},
+    "compare": {"inputs": ("metrics_dir", "predictions_dir", "history_dir", "external", "eval_dir"), "dirs": ("out",),
+                "files": ("summary",)},
+    "ensemble": {"inputs": ("prepared", "models_dir", "external"), "dirs": ("out", "predictions_dir"),
+                 "files": ("metrics",)},
     "train-gan": {"inputs": ("prepared",), "work": ("checkpoints",), "dirs": ("out",)},
     "train-stgan": {"inputs": ("prepared", ("base", "--base", lambda a: a.stage == 2)), "work": ("checkpoints",),
                     "dirs": ("out",)},

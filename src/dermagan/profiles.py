@@ -68,6 +68,10 @@ def prepare_workspace(root: Path, folder: Path, name: str, params: dict[str, Any
     if not (folder / ".dvc").is_dir():  # a DVC sub-project of the main one (its own lock file and cache)
         in_git = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=folder, capture_output=True).returncode == 0
         run_dvc(["init", "--subdir" if in_git else "--no-scm", "-q"], folder)
+    templates = Path(root) / ".dvc" / "plots"
+    for template in sorted(templates.glob("*.json")) if templates.is_dir() else []:  # the plots' templates
+        (folder / ".dvc" / "plots").mkdir(exist_ok=True)
+        shutil.copyfile(template, folder / ".dvc" / "plots" / template.name)
     return folder
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 from dermagan.classify.artifact import load_trained
 from dermagan.classify.inference import predict_proba
 from dermagan.config.layout import LAYOUT
-from dermagan.data.prepared import read_split
+from dermagan.data.prepared import SplitArrays, read_split
 from dermagan.ensemble.weights import (
     average_weights,
     bma_weights,
@@ -31,6 +31,7 @@ from dermagan.ensemble.weights import (
 from dermagan.errors import DermaganError
 from dermagan.evaluate.calibration import expected_calibration_error
 from dermagan.evaluate.compare import gan_vs_best
+from dermagan.evaluate.external import UNDEFINED
 from dermagan.evaluate.metrics import balanced_accuracy
 from dermagan.evaluate.report import evaluation_report
 from dermagan.serialize import json_safe
@@ -82,6 +83,7 @@ class EnsembleResult:
     register_seed: int
     val_score: float  # val balanced accuracy of the registered combiner (optimistic: fitted there)
     document: dict  # summary.json / metrics/ensemble.json ("registered" is added once registered)
+    external: dict[str, ExternalScores] = field(default_factory=dict)  # external test sets, scored like test
 
     def member_dirs(self, seed: int) -> dict[str, Path]:
         return {arm: Path(self.models_dir) / LAYOUT.run_name(arm, seed) for arm in self.arms}
@@ -139,45 +141,32 @@ def member_proba(models, images: np.ndarray, batch_size: int, device) -> np.ndar
 
 
 def fit_ensembles(arms: list[str], seeds: list[int], prepared: Path, models_dir: Path, settings: EnsembleSettings,
-                  device) -> EnsembleResult:
-    """Fit the combiners on val per seed, score them (and the members) on test, choose what to register."""
+                  device, external: dict[str, SplitArrays] | None = None) -> EnsembleResult:
+    """Fit the combiners on val per seed, score them (and the members) on test, choose what to register.
+
+    ``external``: external test sets (name -> arrays), each scored like test with the same weights and the
+    same best single arm (both chosen on val): :attr:`EnsembleResult.external`, ``document["external"]``.
+    """
     s = settings
     val = read_split(prepared, "val")
     image_size = int(val.images.shape[1])
     weights, val_proba, test_proba, infos, classes, test = {}, {}, {}, {}, None, None
+    external_proba: dict[str, dict[int, np.ndarray]] = {}
     for seed in seeds:
         models, infos[seed], classes = load_members(models_dir, arms, seed, image_size)
         val_proba[seed] = member_proba(models, val.images, s.batch_size, device)
         weights[seed] = fit_weights(val_proba[seed], val.labels, s.stacking)  # val only
         test = test if test is not None else read_split(prepared, "test")  # read after the first fit
         test_proba[seed] = member_proba(models, test.images, s.batch_size, device)
+        for name, arrays in (external or {}).items():  # scored like test, after the weights are fitted
+            external_proba.setdefault(name, {})[seed] = member_proba(models, arrays.images, s.batch_size, device)
     y_val, y_test = val.labels, test.labels
 
     members = member_table(arms, seeds, infos, val_proba, test_proba, y_val, y_test, classes, s.min_test_count)
     val_by_arm = members.groupby("arm", sort=False)["val_bal_acc"].mean()
     best_arm = str(val_by_arm.idxmax())  # chosen on val
-    runs, reports, predictions = [], {}, {}
-    for combiner in COMBINERS:
-        for seed in seeds:
-            w = weights[seed][combiner]
-            proba = combine(test_proba[seed], w)
-            report = evaluation_report(y_test, proba, classes, s.bootstrap_samples, s.ci_level, s.bootstrap_seed,
-                                       min_test_count=s.min_test_count)
-            report["ece"] = float(expected_calibration_error(y_test, proba, s.calibration_bins))
-            reports[(combiner, seed)] = report
-            predictions[(combiner, seed)] = pd.DataFrame({
-                "image_id": test.image_ids, "actual": [classes[i] for i in y_test],
-                "predicted": [classes[i] for i in proba.argmax(1)]})
-            runs.append({"combiner": combiner, "seed": seed,
-                         "val_bal_acc": balanced_accuracy(y_val, combine(val_proba[seed], w).argmax(1), len(classes)),
-                         "bal_acc": report["bal_acc"], "bal_acc_ci_low": report["bal_acc_ci_low"],
-                         "bal_acc_ci_high": report["bal_acc_ci_high"], "macro_f1": report["macro_f1"],
-                         "ece": report["ece"],
-                         **{f"recall_{c}": report["per_class"][c]["recall"] for c in classes},
-                         "max_weight": float(w.max()), "effective_members": effective_members(w),
-                         "collapsed": is_collapsed(w, s.collapse_threshold),
-                         **{f"w_{arm}": float(x) for arm, x in zip(arms, w)}})
-    runs = pd.DataFrame(runs)
+    runs, reports, predictions = score_combiners(arms, seeds, weights, val_proba, y_val, test_proba, y_test,
+                                                 test.image_ids, classes, s)
     summary = summary_table(runs, members, best_arm, classes)
     vs_best = versus_best(y_test, members, predictions, best_arm, seeds, classes, s)
 
@@ -189,9 +178,91 @@ def fit_ensembles(arms: list[str], seeds: list[int], prepared: Path, models_dir:
                                 weights, s.collapse_threshold, classes)
     val_score = float(runs.loc[(runs["combiner"] == combiner) & (runs["seed"] == register_seed),
                                "val_bal_acc"].iloc[0])
+    scored_external = {name: score_external(arrays, external_proba[name], arms, seeds, infos, weights, val_proba,
+                                            y_val, best_arm, classes, s)
+                       for name, arrays in (external or {}).items()}
+    if scored_external:
+        document["external"] = {name: e.document for name, e in scored_external.items()}
     return EnsembleResult(s, arms, seeds, classes, image_size, Path(models_dir), weights, infos, members, runs, summary,
                           vs_best, weights_long, reports, predictions, best_arm, combiner, reason, register_seed,
-                          val_score, document)
+                          val_score, document, scored_external)
+
+
+def score_combiners(arms, seeds, weights, val_proba, y_val, proba_by_seed, y_true, image_ids, classes,
+                    s: EnsembleSettings) -> tuple[pd.DataFrame, dict, dict]:
+    """Every combiner's val-fitted weights applied to the members' probabilities on one split (test, or an
+    external set), per seed: the runs table, the evaluation reports and the predictions frames."""
+    runs, reports, predictions = [], {}, {}
+    for combiner in COMBINERS:
+        for seed in seeds:
+            w = weights[seed][combiner]
+            proba = combine(proba_by_seed[seed], w)
+            report = evaluation_report(y_true, proba, classes, s.bootstrap_samples, s.ci_level, s.bootstrap_seed,
+                                       min_test_count=s.min_test_count)
+            report["ece"] = float(expected_calibration_error(y_true, proba, s.calibration_bins))
+            reports[(combiner, seed)] = report
+            predictions[(combiner, seed)] = pd.DataFrame({
+                "image_id": image_ids, "actual": [classes[i] for i in y_true],
+                "predicted": [classes[i] for i in proba.argmax(1)]})
+            runs.append({"combiner": combiner, "seed": seed,
+                         "val_bal_acc": balanced_accuracy(y_val, combine(val_proba[seed], w).argmax(1), len(classes)),
+                         "bal_acc": report["bal_acc"], "bal_acc_ci_low": report["bal_acc_ci_low"],
+                         "bal_acc_ci_high": report["bal_acc_ci_high"], "macro_f1": report["macro_f1"],
+                         "ece": report["ece"],
+                         **{f"recall_{c}": report["per_class"][c]["recall"] for c in classes},
+                         "max_weight": float(w.max()), "effective_members": effective_members(w),
+                         "collapsed": is_collapsed(w, s.collapse_threshold),
+                         **{f"w_{arm}": float(x) for arm, x in zip(arms, w)}})
+    return pd.DataFrame(runs), reports, predictions
+
+
+@dataclass
+class ExternalScores:
+    """One external test set scored by every combiner (val-fitted weights) and every member."""
+
+    n_images: int
+    members: pd.DataFrame  # one row per (arm, seed): val and this set's scores, predictions in "pred"
+    runs: pd.DataFrame  # one row per (combiner, seed)
+    summary: pd.DataFrame  # mean/std over seeds per combiner, then the best single arm (chosen on val)
+    vs_best: pd.DataFrame  # paired bootstrap of every combiner against that arm, on this set
+    reports: dict[tuple[str, int], dict]  # (combiner, seed) -> evaluation report on this set
+    document: dict  # the ensemble summary's external.NAME entry
+
+
+def score_external(arrays: SplitArrays, proba_by_seed: dict[int, np.ndarray], arms, seeds, infos, weights,
+                   val_proba, y_val, best_arm: str, classes, s: EnsembleSettings) -> ExternalScores:
+    """Score one external set like test: nothing is fitted or chosen on it. A class the set lacks has no
+    recall (NaN; its verdicts ``undefined on this set``)."""
+    y_true = arrays.labels
+    members = member_table(arms, seeds, infos, val_proba, proba_by_seed, y_val, y_true, classes, s.min_test_count)
+    runs, reports, predictions = score_combiners(arms, seeds, weights, val_proba, y_val, proba_by_seed, y_true,
+                                                 arrays.image_ids, classes, s)
+    absent = [c for k, c in enumerate(classes) if not (y_true == k).any()]
+    runs[[f"recall_{c}" for c in absent]] = np.nan
+    summary = summary_table(runs, members, best_arm, classes)
+    vs_best = versus_best(y_true, members, predictions, best_arm, seeds, classes, s)
+    vs_best.loc[vs_best["n_resamples"] == 0, "verdict"] = UNDEFINED
+    return ExternalScores(len(y_true), members, runs, summary, vs_best, reports,
+                          external_document(len(y_true), summary, vs_best, best_arm, classes, y_true))
+
+
+def external_document(n_images: int, summary: pd.DataFrame, vs_best: pd.DataFrame, best_arm: str, classes,
+                      y_true: np.ndarray) -> dict:
+    """One set's entry of the summary's ``external`` block: its counts, the combiners' scores (no weights:
+    they are the test's), the best single arm's (chosen on val) and the verdicts against it."""
+    stats = {r["model"]: {k: (int(v) if k in ("n_seeds", "collapsed_seeds") else v) for k, v in r.items()
+                          if k not in ("model", "kind")}
+             for r in summary.to_dict("records") if r["kind"] == "ensemble"}
+    best = summary[summary["model"] == best_arm].iloc[0]
+    verdicts = {}
+    for r in vs_best.to_dict("records"):
+        verdicts.setdefault(r["combiner"], {})[r["metric"]] = {k: r[k] for k in ("diff", "ci_low", "ci_high", "verdict")}
+    counts = np.bincount(y_true, minlength=len(classes))
+    return json_safe({"n_images": n_images, "counts": {c: int(n) for c, n in zip(classes, counts)},
+                      "best_single": {"arm": best_arm, "chosen_on": "val",
+                                      "bal_acc_mean": float(best["bal_acc_mean"]),
+                                      "bal_acc_std": float(best["bal_acc_std"])},
+                      "combiners": stats, "vs_best_single": verdicts})
 
 
 def versus_best(y_test, members: pd.DataFrame, predictions: dict, best_arm: str, seeds: list[int], classes,

@@ -28,12 +28,23 @@ def write_tables(result: EnsembleResult, folder: Path, predictions_folder: Path)
     result.summary.to_csv(Path(folder) / "combiners.csv", index=False)
     result.weights_long.to_csv(Path(folder) / "weights.csv", index=False)
     result.vs_best.to_csv(Path(folder) / "vs_best_single.csv", index=False)
+    for name, scores in result.external.items():  # external/NAME/: the same tables on each external set
+        sub = Path(folder) / "external" / name
+        sub.mkdir(parents=True)
+        scores.runs.drop(columns=[c for c in scores.runs.columns if c.startswith("w_")]).to_csv(
+            sub / "runs.csv", index=False)
+        scores.members.drop(columns="pred").to_csv(sub / "members.csv", index=False)
+        scores.summary.to_csv(sub / "combiners.csv", index=False)
+        scores.vs_best.to_csv(sub / "vs_best_single.csv", index=False)
 
 
 def write_documents(result: EnsembleResult, folder: Path) -> str:
     """report.md and summary.json (the document, with ``registered`` once set); returns the JSON text."""
     markdown = markdown_report(result.document, result.summary, result.runs, result.vs_best, result.arms,
                                result.seeds, result.settings.bootstrap_samples, result.settings.ci_level)
+    for name, scores in result.external.items():
+        markdown += external_markdown(name, scores, result.document, result.settings.bootstrap_samples,
+                                      result.settings.ci_level)
     (Path(folder) / "report.md").write_text(markdown)
     text = json.dumps(result.document, indent=2, allow_nan=False)
     (Path(folder) / "summary.json").write_text(text)
@@ -95,6 +106,36 @@ def markdown_report(document, summary_table, runs, vs_best, arms, seeds, n_boot,
                   f"`{reg['model_uri']}`: `{reg['combiner']}` on the seed-{reg['seed']} members ({reg['reason']}); "
                   f"test bal_acc {reg['test_bal_acc']:.4f}, val bal_acc {reg['val_bal_acc']:.4f} ({VAL_NOTE})."]
     return "\n".join(lines) + "\n"
+
+
+def external_markdown(name: str, scores, document: dict, n_boot: int, level: float) -> str:
+    """The report section of one external test set: the combiners' and the best single arm's scores, the
+    verdicts against that arm; weights and arm are the val-fitted ones (the set chooses nothing)."""
+    classes, best = document["classes"], document["best_single"]["arm"]
+    counts = ", ".join(f"{c} {n}" for c, n in document["external"][name]["counts"].items())
+    lines = ["", f"## External test set `{name}` ({scores.n_images} images)", "",
+             "Scored beside, never instead of, the internal test: the same val-fitted weights and the same best "
+             f"single arm (`{best}`, chosen on val); this set chooses nothing. Images per class: {counts}; a class "
+             "the set lacks has no recall here (n/a).", "",
+             "| " + " | ".join(["model", "bal_acc", *[f"recall {c}" for c in classes]]) + " |",
+             "|" + "---|" * (2 + len(classes))]
+    for _, r in scores.summary.iterrows():
+        model = r["model"] if r["kind"] == "ensemble" else f"{r['model']} (best single arm)"
+        lines.append("| " + " | ".join([model, _spread(r, "bal_acc"),
+                                         *[_spread(r, f"recall_{c}", 2) for c in classes]]) + " |")
+    lines += ["", f"diff = ensemble − `{best}` on this set, {level:.0%} CI from {n_boot} paired bootstrap resamples "
+              "of its images.", "",
+              "| " + " | ".join(["combiner", "metric", "ensemble", best, f"diff [{level:.0%} CI]", "verdict"]) + " |",
+              "|" + "---|" * 6]
+    for _, r in scores.vs_best.iterrows():
+        lines.append("| " + " | ".join([r["combiner"], r["metric"], _fmt(r["ensemble_value"]), _fmt(r["single_value"]),
+                                         f"{_signed(r['diff'])} [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]",
+                                         r["verdict"]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _signed(value, digits: int = 3) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:+.{digits}f}"
 
 
 def weights_figure(weights: pd.DataFrame, arms: list[str], seeds: list[int], threshold: float) -> plt.Figure:

@@ -39,6 +39,9 @@ def log_ensemble_run(result: EnsembleResult, registered_model: str, folders: tup
                            "best_single_arm": r.document["best_single"]["arm"]})
         mlflow.log_metrics(ensemble_metrics(r))
         mlflow.log_metrics(flat_metrics(report))  # test/bal_acc ... of the registered ensemble, as evaluate logs
+        for set_name, scores in r.external.items():  # external/NAME/bal_acc ... of the registered ensemble
+            mlflow.log_metrics({k: v for k, v in flat_metrics(scores.reports[(combiner, seed)],
+                                                              f"external/{set_name}/").items() if np.isfinite(v)})
         info = log_ensemble(r.member_dirs(seed), weights, r.classes, r.image_size, name,
                             metadata={"combiner": combiner, "seed": seed, "members": list(r.arms),
                                       "weights": [float(w) for w in weights]})
@@ -93,4 +96,15 @@ def ensemble_metrics(result: EnsembleResult) -> dict[str, float]:
         for key in ("diff", "ci_low", "ci_high"):
             if np.isfinite(r[key]):
                 flat[f"ensemble/{r['combiner']}/vs_best/{r['metric']}/{key}"] = float(r[key])
+    for name, entry in result.document.get("external", {}).items():  # ensemble/external/NAME/...
+        prefix = f"ensemble/external/{name}"
+        for combiner, stats in entry["combiners"].items():
+            for key, value in stats.items():
+                if isinstance(value, (int, float)) and value is not None:
+                    flat[f"{prefix}/{combiner}/{key}"] = float(value)
+        for combiner, by_metric in entry["vs_best_single"].items():
+            for metric, verdict in by_metric.items():
+                for key in ("diff", "ci_low", "ci_high"):
+                    if verdict.get(key) is not None:
+                        flat[f"{prefix}/{combiner}/vs_best/{metric}/{key}"] = float(verdict[key])
     return {k: v for k, v in flat.items() if np.isfinite(v)}

@@ -1,4 +1,5 @@
-"""The compare stage: every (arm, seed) run in tables, figures, a GAN-vs-best verdict and one MLflow run;
+"""The compare stage: every (arm, seed) run in tables, figures, a GAN-vs-best verdict and one MLflow run
+(and the same tables and verdicts on every external test set, beside the internal test);
 and ``compare-runs``: one arm's test predictions against an earlier run of it (or another arm)."""
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ from dermagan.evaluate.compare import (
     validation_comparator,
     validation_scores,
 )
+from dermagan.evaluate.external import EXTERNAL, external_set_names
+from dermagan.evaluate.external_compare import (
+    check_external_predictions,
+    comparators,
+    external_binary_scores,
+    external_blocks,
+    external_mlflow_metrics,
+    external_runs_table,
+    external_section,
+    external_summary,
+    fixed_comparator_verdicts,
+    read_external_predictions,
+)
 from dermagan.evaluate.metrics import score_column
 from dermagan.evaluate.plots import roc_figure, save
 from dermagan.serialize import json_safe
@@ -48,7 +62,8 @@ __all__ = ["read_predictions", "run_compare", "run_compare_runs"]  # read_predic
 
 
 def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: Path,
-                history_dir: Path | None = None, summary_json: Path | None = None) -> str:
+                history_dir: Path | None = None, summary_json: Path | None = None,
+                external_dir: Path | None = None, eval_dir: Path | None = None) -> str:
     """Write comparison.md/.png, arms/runs/gan_vs_best CSVs, gan_vs_best.png and summary.json; log to MLflow.
 
     Judged: bal_acc (over the classes with at least ``evaluate.min_test_count`` test images) and the
@@ -59,6 +74,12 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
     accuracy, chosen once for all metrics, so the test split chooses nothing. Without it, the comparator is the
     best non-GAN arm per metric on test (the older, test-selected rule; the report says which).
     ``summary_json``: also write the summary there (a DVC metrics file outside the report folder).
+
+    ``external_dir`` (``prepare-external``'s folder) names the external test sets; each is reported beside,
+    never instead of, the internal test: the same arms table and GAN-vs-best verdicts (with mdd), from the
+    runs' ``external.NAME`` metrics and their predictions ``eval_dir/ARM-sSEED/external/NAME.csv``, each
+    metric judged against the comparator the internal test was judged against (so the set chooses
+    nothing), in ``summary.json`` ``external.NAME``, ``external/NAME/*.csv`` and a section of the report.
     """
     classes, evaluate, positive = cfg.classes, cfg.evaluate, cfg.data.positive
     arms = {arm: {**cfg.recipe(arm), "extra": cfg.arm(arm).extra} for arm in cfg.arms}
@@ -86,6 +107,11 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
     markdown = comparison_markdown(per_arm, verdicts, classes, seeds, len(y_true), evaluate.bootstrap_samples,
                                    evaluate.ci_level, rule, judged is not predictions, evaluate.power, counts, task)
     document = summary(per_arm, verdicts, counts, task)
+    external = {name: _external_set(cfg, name, eval_dir, metrics_by_run, arms, seeds, gan_arms, verdicts, rule)
+                for name in external_set_names(external_dir, evaluate.external, classes)}
+    if external:
+        markdown += "\n" + "\n".join(result["markdown"] for result in external.values())
+        document["external"] = {name: result["summary"] for name, result in external.items()}
     summary_file = atomic_file(Path(summary_json)) if summary_json else nullcontext()
     with atomic_dir(Path(out_dir)) as tmp, summary_file as tmp_sum:
         if tmp_sum is not None:
@@ -97,6 +123,12 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
         (tmp / "summary.json").write_text(json.dumps(document, indent=2, allow_nan=False))
         save(comparison_figure(runs, per_arm, classes), tmp / "comparison.png")
         save(gan_vs_best_figure(verdicts, evaluate.ci_level), tmp / "gan_vs_best.png")
+        for name, result in external.items():
+            folder = tmp / EXTERNAL / name
+            folder.mkdir(parents=True)
+            result["arms"].to_csv(folder / "arms.csv", index=False)
+            result["runs"].to_csv(folder / "runs.csv", index=False)
+            result["verdicts"].to_csv(folder / "gan_vs_best.csv", index=False)
         if binary is not None:
             roc = arm_roc_table(y_true, binary, list(arms))
             roc.to_csv(tmp / "roc.csv", index=False, float_format="%.4f")
@@ -105,6 +137,33 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
                  tmp / "roc.png")
         _log_to_mlflow(cfg, tmp, per_arm, verdicts, document, seeds)
     return markdown
+
+
+def _external_set(cfg: Config, name: str, eval_dir: Path | None, metrics_by_run: dict, arms: dict,
+                  seeds: list[int], gan_arms: list[str], internal_verdicts: pd.DataFrame, rule: str) -> dict:
+    """One external set's runs and arms tables, verdicts (comparators fixed by the internal verdicts),
+    summary entry and markdown section."""
+    classes, evaluate, positive = cfg.classes, cfg.evaluate, cfg.data.positive
+    if eval_dir is None:
+        raise DermaganError(f"external test set {name!r}: compare needs the evaluate figures folders (--eval-dir, "
+                            "holding ARM-sSEED/external/NAME.csv)")
+    blocks = external_blocks(metrics_by_run, name)
+    column = score_column(positive) if positive is not None else None
+    y_true, predictions, scores = read_external_predictions(Path(eval_dir), name, list(arms), seeds, classes, column)
+    runs = external_runs_table(blocks, arms, classes, y_true)
+    check_external_predictions(runs, y_true, predictions, classes, name)
+    binary = (external_binary_scores(blocks, y_true, scores, classes, positive, name)
+              if positive is not None else None)
+    task = {"positive": positive, "target_specificity": evaluate.specificity} if binary is not None else None
+    counts = class_counts(y_true, classes, evaluate.min_test_count)
+    per_arm = arms_table(runs, classes)
+    verdicts = fixed_comparator_verdicts(y_true, predictions, gan_arms, comparators(internal_verdicts), classes,
+                                         evaluate.bootstrap_samples, evaluate.ci_level, evaluate.seed, binary=binary,
+                                         min_test_count=evaluate.min_test_count, power=evaluate.power)
+    return {"runs": runs, "arms": per_arm, "verdicts": verdicts,
+            "summary": external_summary(per_arm, verdicts, counts, task, len(y_true)),
+            "markdown": external_section(name, per_arm, verdicts, classes, counts, len(y_true), evaluate.ci_level,
+                                         evaluate.power, rule)}
 
 
 def _log_to_mlflow(cfg: Config, folder: Path, per_arm: pd.DataFrame, verdicts: pd.DataFrame,
@@ -116,6 +175,8 @@ def _log_to_mlflow(cfg: Config, folder: Path, per_arm: pd.DataFrame, verdicts: p
         mlflow.log_params({"seeds": ",".join(map(str, seeds)), "arms": ",".join(per_arm["arm"]),
                            "bootstrap_samples": cfg.evaluate.bootstrap_samples, "ci_level": cfg.evaluate.ci_level})
         mlflow.log_metrics(mlflow_metrics(document))
+        for name, entry in document.get("external", {}).items():
+            mlflow.log_metrics(external_mlflow_metrics(name, entry))
         mlflow.log_artifacts(str(folder), "comparison")
         mlflow.log_table(per_arm, "arms.json")
         if not verdicts.empty:

@@ -8,7 +8,8 @@ per-class recall, mean ± std over seeds; the weights; and a paired bootstrap on
 combiner against the single arm with the best mean val balanced accuracy. One MLflow run; one
 pyfunc version of the chosen combiner on the first seed's members is registered in
 ``mlflow.registered_model``, tagged like a classifier version so that ``dermagan promote``
-treats it like any other.
+treats it like any other. External test sets (params ``evaluate.external``) are scored beside test,
+with the same weights and the same best single arm.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dermagan.ensemble.fit import EnsembleSettings, fit_ensembles, stacking_sett
 from dermagan.ensemble.report import write_documents, write_tables
 from dermagan.ensemble.tracking import log_ensemble_run
 from dermagan.errors import DermaganError
+from dermagan.evaluate.external import external_set_names, load_sets
 from dermagan.tracking.setup import configure
 
 def ensemble_settings(cfg: Config) -> EnsembleSettings:
@@ -46,8 +48,13 @@ def default_arms(cfg: Config) -> list[str]:
 
 
 def run_ensemble(cfg: Config, arms: list[str] | None, seeds: list[int] | None, prepared: Path, models_dir: Path,
-                 out_dir: Path, metrics_json: Path, predictions_dir: Path) -> dict:
-    """Fit the combiners on val per seed, score them on test, write the report, log and register; return the summary."""
+                 out_dir: Path, metrics_json: Path, predictions_dir: Path, external_dir: Path | None = None) -> dict:
+    """Fit the combiners on val per seed, score them on test, write the report, log and register; return the summary.
+
+    ``external_dir`` (``prepare-external``'s folder): every combiner (weights unchanged) and the best single
+    arm are also scored on each external test set: ``external.NAME`` of the summary, ``external/NAME/*.csv``
+    and a section of report.md.
+    """
     settings = ensemble_settings(cfg)
     arms = list(arms or default_arms(cfg))
     seeds = [int(s) for s in (seeds if seeds is not None else cfg.train.seeds)]
@@ -55,7 +62,9 @@ def run_ensemble(cfg: Config, arms: list[str] | None, seeds: list[int] | None, p
         raise DermaganError(f"ensemble: needs at least 2 arms, got {arms}")
     if len(set(arms)) != len(arms) or not seeds:
         raise DermaganError(f"ensemble: arms must be distinct and seeds non-empty (arms {arms}, seeds {seeds})")
-    result = fit_ensembles(arms, seeds, Path(prepared), Path(models_dir), settings, pick_device(cfg.train.device))
+    external = load_sets(external_dir, external_set_names(external_dir, cfg.evaluate.external, cfg.classes))
+    result = fit_ensembles(arms, seeds, Path(prepared), Path(models_dir), settings, pick_device(cfg.train.device),
+                           external)
     with (atomic_dir(Path(out_dir)) as tmp, atomic_dir(Path(predictions_dir)) as tmp_pred,
           atomic_file(Path(metrics_json)) as tmp_json):
         write_tables(result, tmp, tmp_pred)
