@@ -154,7 +154,7 @@ def fixed_comparator_verdicts(y_true: np.ndarray, predictions: dict[str, dict[in
 
 # --- compare: report, summary, MLflow ------------------------------------------------------------------------
 
-def external_section(name: str, per_arm: pd.DataFrame, verdicts: pd.DataFrame, classes: tuple[str, ...],
+def external_markdown(name: str, per_arm: pd.DataFrame, verdicts: pd.DataFrame, classes: tuple[str, ...],
                      counts: dict, n_images: int, level: float, power: float | None, rule: str) -> str:
     """The markdown section of one external set: scope, arms table, GAN-vs-best verdicts."""
     scope = (f"## External test set `{name}` ({n_images} images)\n\n"
@@ -188,3 +188,41 @@ def external_mlflow_metrics(name: str, document: dict) -> dict[str, float]:
     """``compare/external/NAME/<arm>/bal_acc_mean``, ``compare/external/NAME/<gan arm>/vs_best/...``."""
     return {f"compare/{EXTERNAL}/{name}/" + key.removeprefix("compare/"): value
             for key, value in mlflow_metrics(document).items()}
+
+
+def score_external_set(name: str, eval_dir: Path | None, metrics_by_run: dict, arms: dict, seeds: list[int],
+                       gan_arms: list[str], internal_verdicts: pd.DataFrame, rule: str, *, classes: tuple[str, ...],
+                       positive: str | None, specificity: float, n_boot: int, level: float, seed: int,
+                       min_test_count: int, power: float) -> dict:
+    """One external set's runs and arms tables, verdicts (comparators fixed by the internal verdicts, so the
+    set chooses nothing), summary entry and markdown section."""
+    from dermagan.evaluate.compare import arms_table, class_counts
+    from dermagan.evaluate.metrics import score_column
+
+    if eval_dir is None:
+        raise DermaganError(f"external test set {name!r}: compare needs the evaluate figures folders (--eval-dir, "
+                            "holding ARM-sSEED/external/NAME.csv)")
+    blocks = external_blocks(metrics_by_run, name)
+    column = score_column(positive) if positive is not None else None
+    y_true, predictions, scores = read_external_predictions(Path(eval_dir), name, list(arms), seeds, classes, column)
+    runs = external_runs_table(blocks, arms, classes, y_true)
+    check_external_predictions(runs, y_true, predictions, classes, name)
+    binary = external_binary_scores(blocks, y_true, scores, classes, positive, name) if positive is not None else None
+    task = {"positive": positive, "target_specificity": specificity} if binary is not None else None
+    counts = class_counts(y_true, classes, min_test_count)
+    per_arm = arms_table(runs, classes)
+    verdicts = fixed_comparator_verdicts(y_true, predictions, gan_arms, comparators(internal_verdicts), classes,
+                                         n_boot, level, seed, binary=binary, min_test_count=min_test_count, power=power)
+    return {"runs": runs, "arms": per_arm, "verdicts": verdicts,
+            "summary": external_summary(per_arm, verdicts, counts, task, len(y_true)),
+            "markdown": external_markdown(name, per_arm, verdicts, classes, counts, len(y_true), level, power, rule)}
+
+
+def write_external_tables(folder: Path, external: dict[str, dict]) -> None:
+    """``folder/external/NAME/{arms,runs,gan_vs_best}.csv`` for every scored set."""
+    for name, result in external.items():
+        target = Path(folder) / EXTERNAL / name
+        target.mkdir(parents=True)
+        result["arms"].to_csv(target / "arms.csv", index=False)
+        result["runs"].to_csv(target / "runs.csv", index=False)
+        result["verdicts"].to_csv(target / "gan_vs_best.csv", index=False)

@@ -40,19 +40,8 @@ from dermagan.evaluate.compare import (
     validation_comparator,
     validation_scores,
 )
-from dermagan.evaluate.external import EXTERNAL, external_set_names
-from dermagan.evaluate.external_compare import (
-    check_external_predictions,
-    comparators,
-    external_binary_scores,
-    external_blocks,
-    external_mlflow_metrics,
-    external_runs_table,
-    external_section,
-    external_summary,
-    fixed_comparator_verdicts,
-    read_external_predictions,
-)
+from dermagan.evaluate.external import external_set_names
+from dermagan.evaluate.external_compare import external_mlflow_metrics, score_external_set, write_external_tables
 from dermagan.evaluate.metrics import score_column
 from dermagan.evaluate.plots import roc_figure, save
 from dermagan.serialize import json_safe
@@ -107,7 +96,11 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
     markdown = comparison_markdown(per_arm, verdicts, classes, seeds, len(y_true), evaluate.bootstrap_samples,
                                    evaluate.ci_level, rule, judged is not predictions, evaluate.power, counts, task)
     document = summary(per_arm, verdicts, counts, task)
-    external = {name: _external_set(cfg, name, eval_dir, metrics_by_run, arms, seeds, gan_arms, verdicts, rule)
+    scoring = {"classes": classes, "positive": positive, "specificity": evaluate.specificity,
+               "n_boot": evaluate.bootstrap_samples, "level": evaluate.ci_level, "seed": evaluate.seed,
+               "min_test_count": evaluate.min_test_count, "power": evaluate.power}
+    external = {name: score_external_set(name, eval_dir, metrics_by_run, arms, seeds, gan_arms, verdicts, rule,
+                                         **scoring)
                 for name in external_set_names(external_dir, evaluate.external, classes)}
     if external:
         markdown += "\n" + "\n".join(result["markdown"] for result in external.values())
@@ -123,12 +116,7 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
         (tmp / "summary.json").write_text(json.dumps(document, indent=2, allow_nan=False))
         save(comparison_figure(runs, per_arm, classes), tmp / "comparison.png")
         save(gan_vs_best_figure(verdicts, evaluate.ci_level), tmp / "gan_vs_best.png")
-        for name, result in external.items():
-            folder = tmp / EXTERNAL / name
-            folder.mkdir(parents=True)
-            result["arms"].to_csv(folder / "arms.csv", index=False)
-            result["runs"].to_csv(folder / "runs.csv", index=False)
-            result["verdicts"].to_csv(folder / "gan_vs_best.csv", index=False)
+        write_external_tables(tmp, external)
         if binary is not None:
             roc = arm_roc_table(y_true, binary, list(arms))
             roc.to_csv(tmp / "roc.csv", index=False, float_format="%.4f")
@@ -137,33 +125,6 @@ def run_compare(cfg: Config, metrics_dir: Path, out_dir: Path, predictions_dir: 
                  tmp / "roc.png")
         _log_to_mlflow(cfg, tmp, per_arm, verdicts, document, seeds)
     return markdown
-
-
-def _external_set(cfg: Config, name: str, eval_dir: Path | None, metrics_by_run: dict, arms: dict,
-                  seeds: list[int], gan_arms: list[str], internal_verdicts: pd.DataFrame, rule: str) -> dict:
-    """One external set's runs and arms tables, verdicts (comparators fixed by the internal verdicts),
-    summary entry and markdown section."""
-    classes, evaluate, positive = cfg.classes, cfg.evaluate, cfg.data.positive
-    if eval_dir is None:
-        raise DermaganError(f"external test set {name!r}: compare needs the evaluate figures folders (--eval-dir, "
-                            "holding ARM-sSEED/external/NAME.csv)")
-    blocks = external_blocks(metrics_by_run, name)
-    column = score_column(positive) if positive is not None else None
-    y_true, predictions, scores = read_external_predictions(Path(eval_dir), name, list(arms), seeds, classes, column)
-    runs = external_runs_table(blocks, arms, classes, y_true)
-    check_external_predictions(runs, y_true, predictions, classes, name)
-    binary = (external_binary_scores(blocks, y_true, scores, classes, positive, name)
-              if positive is not None else None)
-    task = {"positive": positive, "target_specificity": evaluate.specificity} if binary is not None else None
-    counts = class_counts(y_true, classes, evaluate.min_test_count)
-    per_arm = arms_table(runs, classes)
-    verdicts = fixed_comparator_verdicts(y_true, predictions, gan_arms, comparators(internal_verdicts), classes,
-                                         evaluate.bootstrap_samples, evaluate.ci_level, evaluate.seed, binary=binary,
-                                         min_test_count=evaluate.min_test_count, power=evaluate.power)
-    return {"runs": runs, "arms": per_arm, "verdicts": verdicts,
-            "summary": external_summary(per_arm, verdicts, counts, task, len(y_true)),
-            "markdown": external_section(name, per_arm, verdicts, classes, counts, len(y_true), evaluate.ci_level,
-                                         evaluate.power, rule)}
 
 
 def _log_to_mlflow(cfg: Config, folder: Path, per_arm: pd.DataFrame, verdicts: pd.DataFrame,
