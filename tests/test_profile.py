@@ -70,7 +70,11 @@ def test_dry_run_writes_a_dvc_sub_project(tmp_path: Path, monkeypatch: pytest.Mo
     assert params["data"]["classes"] == ["a", "b"] and list(params["arms"]) == ["effnet"]
     assert params["prepare"] == yaml.safe_load((root / "params.yaml").read_text())["prepare"]
     assert (folder / ".dvc").is_dir() and (folder / "dvc.yaml").is_file()
-    assert all((folder / link).is_symlink() for link in ("data", "imports", "src", "params"))
+    assert all((folder / link).is_symlink() for link in ("data", "imports", "src", "params/tuned.yaml"))
+    tuned_gan = yaml.safe_load((folder / "params" / "tuned_gan.yaml").read_text())
+    assert tuned_gan["gan"]["stgan_tuned"]["b"] == {}  # every train_stgan@CLASS reads its tuned entry
+    stage = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]["validate_augmented"]["do"]
+    assert "artifacts/gan/stgan" not in stage["deps"]  # no experts arm: STGAN is never trained for nothing
     stages = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=folder, capture_output=True, text=True)
     assert stages.returncode == 0 and "train@effnet-0" in stages.stdout, stages.stderr
     assert "effnet_stgan" not in stages.stdout
@@ -104,3 +108,13 @@ def test_a_foreign_folder_is_never_taken_over(tmp_path: Path, monkeypatch: pytes
     assert main(["profile", "mine", "--dry-run"]) == 2
     assert "not made by `dermagan profile`" in capsys.readouterr().err
     assert (root / "profiles" / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_an_experts_arm_keeps_the_stgan_dependency():
+    from dermagan.profiles import EXPERTS_DEP, adapt_pipeline
+
+    text = (REPO / "dvc.yaml").read_text()
+    kept = yaml.safe_load(adapt_pipeline(text, {"arms": {"x": {"experts": {"method": "stgan"}}}}))
+    dropped = yaml.safe_load(adapt_pipeline(text, {"arms": {"x": {"extra": None}}}))
+    assert EXPERTS_DEP in kept["stages"]["validate_augmented"]["do"]["deps"]
+    assert EXPERTS_DEP not in dropped["stages"]["validate_augmented"]["do"]["deps"]

@@ -238,7 +238,7 @@ def test_binary_compare_judges_auc_with_its_minimum_detectable_difference(binary
         auc = judged["auc"]
         assert "mdd" in auc and auc["verdict"] in {"better", "worse", "no difference shown"}
         assert auc["best_non_gan_arm"] in {"cnn", "cnn_ros"}
-        assert auc["mdd"] is None or auc["mdd"] > 0
+        assert auc["mdd"] is None or auc["mdd"] >= 0  # 0 when both arms score every resample alike
     for stats in summary["arms"].values():
         assert 0 <= stats["auc_mean"] <= 1
     roc = pd.read_csv(root / "reports" / "compare" / "roc.csv")
