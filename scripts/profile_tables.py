@@ -1,7 +1,7 @@
 """Markdown tables of the profiles' results, generated from their metrics files (README, notes).
 
     python scripts/profile_tables.py melanoma            # profiles/melanoma vs seed 004's claims
-    python scripts/profile_tables.py rosendahl [--in-domain metrics/compare.json]
+    python scripts/profile_tables.py rosendahl [--in-domain studies/in-domain/compare.json]
 
 Reads only pipeline outputs: ``profiles/NAME/metrics/compare.json`` (and the per-run metrics files
 beside it); nothing here is typed in by hand except seed 004's published claims.
@@ -40,8 +40,8 @@ def pm(arm: dict, key: str, digits: int = 3) -> str:
 def verdict_cell(v: dict | None) -> str:
     if not v:
         return "–"
-    return (f"{v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}], {v['verdict']} "
-            f"(MDD {v['mdd']:.3f})")
+    mdd = f"MDD {v['mdd']:.3f}" if v.get("mdd") is not None else "MDD not recorded"
+    return f"{v['diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}], {v['verdict']} ({mdd})"
 
 
 def melanoma(folder: Path) -> str:
@@ -98,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", choices=["melanoma", "rosendahl"])
     parser.add_argument("--root", type=Path, default=Path("profiles"))
-    parser.add_argument("--in-domain", type=Path, default=Path("metrics/compare.json"),
+    parser.add_argument("--in-domain", type=Path, default=Path("studies/in-domain/compare.json"),
                         help="the default pipeline's compare summary (rosendahl's in-domain side)")
     args = parser.parse_args()
     folder = args.root / args.profile

@@ -172,7 +172,8 @@ def test_deduplicate_flags_planted_copies():
     assert all(result.train_index[kind][32] == 3 for kind in KINDS)
     assert result.holdout_near_indices.tolist() == [33] and result.holdout_near_count == 1
     assert result.keep[:30].all() and result.keep[33] and not result.keep[30:33].any()
-    assert result.counts() == {"kept": 31, "near_duplicate_synthetic": 2, "memorised_train": 1}
+    assert result.counts() == {"kept": 31, "near_duplicate_synthetic": 2, "memorised_train": 1,
+                               "near_holdout": 0}
     assert all(len(result.train_distance[kind]) == 34 for kind in KINDS)
 
 

@@ -166,7 +166,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_dedup(args: argparse.Namespace) -> None:
     from dermagan.stages.dedup import run_dedup
 
-    report = run_dedup(args.config, args.prepared, args.synthetic, args.out, args.report)
+    report = run_dedup(args.config, args.prepared, args.synthetic, args.out, args.report, args.method)
     print(f"dedup: {report['counts']} (holdout-near: {report['holdout_near']})")
 
 

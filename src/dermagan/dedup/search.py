@@ -18,7 +18,7 @@ from dermagan.errors import DermaganError
 DEFAULT_THRESHOLD = 10
 QUERY_CHUNK = 2048
 REFERENCE_CHUNK = 10_000
-REASONS = ("kept", "near_duplicate_synthetic", "memorised_train")
+REASONS = ("kept", "near_duplicate_synthetic", "memorised_train", "near_holdout")  # near_holdout: translations only
 RULES = ("any", "all")
 
 
