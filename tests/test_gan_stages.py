@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,3 +75,31 @@ def test_calibrate_dedup_writes_report(prepared, tmp_path):
     assert 0 <= summary["phash"]["other_lesion_flagged_at_threshold"] <= 1
     table = pd.read_csv(tmp_path / "calibration" / "thresholds.csv")
     assert set(table["kind"]) == {"phash", "whash"} and (tmp_path / "calibration" / "distances.png").is_file()
+
+
+def test_dedup_drops_translations_near_holdout_but_refuses_sampled_ones(prepared, tmp_path):
+    """A translation inherits its real source's near-duplicates among holdout photos: dropped and listed.
+    A sampled GAN image near a holdout image means a leak: the stage fails and writes nothing."""
+    from PIL import Image
+
+    from dermagan.data.prepared import read_split
+    from dermagan.errors import DermaganError
+
+    params = tiny_params()
+    val, train = read_split(prepared, "val"), read_split(prepared, "train")
+    folder = tmp_path / "synthetic"
+    (folder / "df").mkdir(parents=True)
+    rows = []
+    for i, image in enumerate([val.images[0], train.images[1], train.images[2]]):
+        file = f"df/img_{i}.png"
+        Image.fromarray(np.ascontiguousarray(np.rot90(image, 2)) if i else image).save(folder / file)
+        rows.append({"file": file, "class": "df", "source": f"src_{i}"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    with pytest.raises(DermaganError, match="within the dedup threshold of a val/test image"):
+        run_dedup(params, prepared, folder, tmp_path / "out_a", tmp_path / "rep_a", "dcgan")
+    assert not (tmp_path / "out_a").exists()
+    report = run_dedup(params, prepared, folder, tmp_path / "out_b", tmp_path / "rep_b", "cyclegan")
+    assert report["counts"]["near_holdout"] >= 1 and {"file": "df/img_0.png", "source": "src_0"} in \
+        report["dropped_near_holdout"]
+    kept = pd.read_csv(tmp_path / "out_b" / "manifest.csv")
+    assert "df/img_0.png" not in set(kept["file"])
