@@ -66,7 +66,7 @@ def tuned_files(root: Path, folder: Path, params: dict[str, Any]) -> None:
     of the profile's GAN classes: that one is written with an empty (untuned) entry for each missing class,
     since every ``train_stgan@CLASS`` stage reads ``gan.stgan_tuned.CLASS``."""
     from dermagan.atomic import atomic_file
-    from dermagan.config.load import read_yaml
+    from dermagan.config.profile import tuned_gan_for
 
     target_dir = Path(folder) / "params"
     if target_dir.is_symlink():  # older workspaces linked the whole folder
@@ -78,14 +78,10 @@ def tuned_files(root: Path, folder: Path, params: dict[str, Any]) -> None:
         if not name:
             continue
         source, path = Path(root).resolve() / name, Path(folder) / name
-        gan_file = key == "tuned_gan_params" and source.is_file()
-        tuned = read_yaml(source) if gan_file else {}
-        block = (tuned.get("gan") or {}).get("stgan_tuned") or {}
-        missing = [c for c in classes if c not in block] if gan_file else []
-        if not missing:
+        tuned, missing = tuned_gan_for(source, classes) if key == "tuned_gan_params" else (None, [])
+        if tuned is None:
             link(path, Path(os.path.relpath(source, path.parent.resolve())), name)
             continue
-        tuned.setdefault("gan", {}).setdefault("stgan_tuned", {}).update({c: {} for c in missing})
         if path.is_symlink():
             path.unlink()
         with atomic_file(path) as tmp:
