@@ -129,7 +129,8 @@ def test_fidelity_stage_writes_metrics_figures_and_logs(tmp_path, tracking, meth
     assert df["dedup"]["n_real"] == 5 and df["dedup"]["n_fake"] == 4 and df["generated"]["n_fake"] == 6
     assert df["real_val_reference"]["n_fake"] == 5 and df["dedup"]["knn_k"] == 3
     assert all(np.isfinite(df[s]["fid_effnetlite0"]) for s in ("dedup", "generated", "real_val_reference"))
-    assert df["n_kept"] == 4 and df["n_removed_by_reason"] == {"near_duplicate_synthetic": 1, "memorised_train": 1}
+    assert df["n_kept"] == 4 and df["n_removed_by_reason"] == {"near_duplicate_synthetic": 1, "memorised_train": 1,
+                                                          "near_holdout": 0}
     assert df["nearest_train_phash_min"] <= df["nearest_train_phash_p5"] <= df["nearest_train_phash_median"]
     for name in ("real_vs_synthetic.png", "nearest_train_distance.png", "nearest_train_examples.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0
