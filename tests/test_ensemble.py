@@ -298,7 +298,7 @@ def user_folder(folder: Path) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(9)
     for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+        Image.fromarray(rng.integers(0, 256, (32 + i, 36, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
     return folder
 

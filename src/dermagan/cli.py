@@ -198,21 +198,39 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     import mlflow
+    import torch
 
     from dermagan.atomic import atomic_file
-    from dermagan.ensemble.serving import load_classifier, predict_folder_any
+    from dermagan.classify.preprocess import PREPROCESSING_DEFAULTS, InputError, write_predictions_csv
+    from dermagan.device import pick_device
+    from dermagan.ensemble.serving import input_rules, load_classifier, predict_folder_any
     from dermagan.tracking.setup import check_tracking_uri, tracking_uri
 
+    if (args.min_side is not None and args.min_side < 1) or (args.max_aspect is not None and not args.max_aspect >= 1):
+        raise DermaganError(f"--min-side {args.min_side} / --max-aspect {args.max_aspect}: need --min-side >= 1 "
+                            "and --max-aspect >= 1")
+    device = pick_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DermaganError("--device cuda: no CUDA device is available here (use --device auto or cpu)")
     mlflow.set_tracking_uri(check_tracking_uri(tracking_uri()))
     try:
-        model = load_classifier(args.model)  # pytorch flavor -> nn.Module; an ensemble -> its pyfunc
+        model = load_classifier(args.model)  # a classifier -> nn.Module; an ensemble -> its pyfunc
+    except DermaganError:
+        raise
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
         raise DermaganError(f"cannot load model '{args.model}' from {tracking_uri()}: {exc}") from exc
-    frame, skipped = predict_folder_any(model, args.images_dir)
-    with atomic_file(args.out) as tmp:
-        frame.to_csv(tmp, index=False)
+    rules = {**PREPROCESSING_DEFAULTS, **input_rules(model)}  # the flags, else the model's own, else the defaults
+    min_side = int(rules["min_side"] if args.min_side is None else args.min_side)
+    max_aspect = float(rules["max_aspect"] if args.max_aspect is None else args.max_aspect)
+    frame, skipped = predict_folder_any(model, args.images_dir, device=device, min_side=min_side,
+                                        max_aspect=max_aspect)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
+    try:
+        with atomic_file(args.out, "--out") as tmp:
+            write_predictions_csv(list(frame.columns), frame.itertuples(index=False, name=None), tmp)
+    except InputError as exc:
+        raise DermaganError(str(exc)) from exc
     print(f"wrote {len(frame)} predictions to {args.out} ({len(skipped)} unreadable file(s) skipped)")
 
 
@@ -513,10 +531,24 @@ def _model_commands(add) -> None:
     p.add_argument("--version", help="version to promote (default: the evaluated version with the highest val_bal_acc)")
     p.add_argument("--force", action="store_true", help="skip the test-set gate against the current champion")
 
-    p = add("predict", cmd_predict, "Classify every JPEG/PNG in a folder with a registered model.", needs_config=False)
-    p.add_argument("images_dir", type=Path)
+    p = add("predict", cmd_predict, "Classify one JPEG/PNG or every JPEG/PNG directly in a folder with a registered "
+            "model; writes image_id, pred_dx, prob_<class>... Each entry not read (another suffix, a folder, a pipe "
+            "or device, a broken link, an undecodable, oversized, too small, too thin or 16-bit image) is named on "
+            "stderr; nothing readable is an error and no CSV. Ids are the file stems, full names where two share "
+            "one (dup.jpg, dup.png); cells a spreadsheet would run as formulas (=, +, -, @) get a leading '.",
+            needs_config=False)
+    p.add_argument("images_dir", type=Path, metavar="INPUT", help="an image file or a folder of images")
     p.add_argument("--model", default="models:/dermagan-classifier@champion", help="model URI (default: %(default)s)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="the CSV to write")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where a pytorch model runs; auto = CUDA when available (default: %(default)s; an "
+                        "ensemble version runs on the CPU)")
+    # defaults: the model's logged values, else dermagan.classify.preprocess.PREPROCESSING_DEFAULTS (filled in
+    # cmd_predict, so every other command starts without numpy/Pillow; tests/test_predict_inputs.py checks the numbers)
+    p.add_argument("--min-side", type=int, help="refuse images whose shorter side is below this, in px (default: "
+                   "the model's min_side, else 32)")
+    p.add_argument("--max-aspect", type=float, help="refuse images whose long side / short side exceeds this "
+                   "(default: the model's max_aspect, else 4)")
 
     p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.", needs_config=False)
     p.add_argument("--host", default="127.0.0.1")
