@@ -84,7 +84,7 @@ def test_pickled_torch_model_is_refused_without_running_it(tmp_path: Path):
     (folder / "data").mkdir(parents=True)
     torch.save(Payload(marker), folder / "data" / "model.pth")  # what mlflow.pytorch's pickle format holds
     (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {
-        "pytorch": {"model_data": "data", "pytorch_version": torch.__version__, "serialization_format": "pickle"},
+        "pytorch": {"model_data": "data", "pytorch_version": str(torch.__version__), "serialization_format": "pickle"},
         "python_function": {"loader_module": "mlflow.pytorch", "data": "data"}}}))
     with pytest.raises(DermaganError, match="pickled"):
         load_model_folder(folder)
@@ -111,7 +111,8 @@ def test_tampered_model_code_is_never_run(logged, tmp_path: Path):
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "dl")))
     marker = tmp_path / "ran"
     mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
-    code = folder / mlmodel["flavors"]["python_function"]["model_code_path"]
+    code = folder / Path(mlmodel["flavors"]["python_function"]["model_code_path"]).name  # the folder's copy
+    assert code.is_file() and code.resolve().is_relative_to(folder.resolve())
     code.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
     loaded = load_model_folder(folder)  # the network comes from model.pt and dermagan's own code
     assert isinstance(loaded, torch.nn.Module) and not marker.exists()

@@ -47,8 +47,8 @@ def read_mlmodel(folder: Path) -> dict:
 
 def _python_model_file(folder: Path, mlmodel: dict) -> Path | None:
     pyfunc = (mlmodel.get("flavors") or {}).get("python_function") or {}
-    name = pyfunc.get("model_code_path")
-    return Path(folder) / name if name else None
+    name = pyfunc.get("model_code_path")  # the path it was logged from; MLflow loads the copy of that name
+    return Path(folder) / Path(str(name)).name if name else None  # in the model folder, never outside it
 
 
 def check_code_file(folder: Path, mlmodel: dict, expected: Path) -> None:
