@@ -234,6 +234,20 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {len(frame)} predictions to {args.out} ({len(skipped)} unreadable file(s) skipped)")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    import mlflow
+
+    from dermagan.export.registered import run_export, summary
+    from dermagan.tracking.setup import check_tracking_uri, tracking_uri
+
+    mlflow.set_tracking_uri(check_tracking_uri(tracking_uri()))
+    ev = args.config.evaluate
+    report = run_export(args.model, args.out, args.prepared, n_boot=ev.bootstrap_samples, level=ev.ci_level,
+                        seed=ev.seed, n_bins=ev.calibration_bins, min_count=ev.min_test_count,
+                        calibration_count=args.calibration_count)
+    print(summary(report))
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from dermagan.stages.tune import apply_best, run_tune
 
@@ -305,6 +319,20 @@ def cmd_bench_gan(args: argparse.Namespace) -> None:
         print(f"  {point['images_seen']:6d} images ({point['train_seconds'] / 60:5.1f} min): "
               f"domain FD {point['fd_domain']:.2f} (yardstick {result['yardstick']['fd_domain']:.2f}), "
               f"k-NN recall {point['knn_recall_domain']:.2f}, precision {point['knn_precision_domain']:.2f}")
+
+
+def cmd_bench_predict(args: argparse.Namespace) -> None:
+    import mlflow
+
+    from dermagan.export.bench import run_bench_predict
+    from dermagan.tracking.setup import check_tracking_uri, tracking_uri
+
+    mlflow.set_tracking_uri(check_tracking_uri(tracking_uri()))
+    _, table = run_bench_predict(args.model, args.prepared, args.out, seed=args.config.evaluate.seed,
+                                 calibration_count=args.calibration_count, reference=not args.no_reference,
+                                 threads=tuple(args.threads), batch_size=args.batch_size, repeats=args.repeats)
+    print(table)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
 
 
 def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
@@ -550,6 +578,21 @@ def _model_commands(add) -> None:
     p.add_argument("--max-aspect", type=float, help="refuse images whose long side / short side exceeds this "
                    "(default: the model's max_aspect, else 4)")
 
+    p = add("export", cmd_export, "Export a registered classifier version to ONNX, fp32 and int8 (static, calibrated "
+            "on real train images), as an offline bundle folder whose predict.py needs only onnxruntime, numpy and "
+            "Pillow. Checks parity with torch on real val (max |dp| <= 1e-4) and int8 against fp32 on real test "
+            "(top-1 agreement; balanced accuracy and ECE with paired-bootstrap CIs, params evaluate); logs the ONNX "
+            "files and parity.json to the version's MLflow run (onnx/) and tags the version. Ensembles are "
+            "refused. Not a pipeline stage.")
+    p.add_argument("--model", default="models:/dermagan-classifier@champion",
+                   help="registered version: models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="bundle folder; replaces only an earlier bundle (default: "
+                   "bundles/NAME-vVERSION of the resolved version)")
+    p.add_argument("--prepared", type=Path, help="the prepared folder the model was trained on: val for parity, "
+                   "train for int8 calibration, test for the int8 comparison")
+    p.add_argument("--calibration-count", type=int, default=256,
+                   help="train images calibrating int8, a sample seeded by params evaluate.seed (default: %(default)s)")
+
     p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.", needs_config=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
@@ -620,6 +663,22 @@ def _study_commands(add) -> None:
     p.add_argument("--out", type=Path, help="write the figures (JSON) here; with --train-images the sample "
                    "grids go to a folder beside it, named like it without the suffix")
     p.set_defaults(grids=None)  # that folder (derived from --out, checked before anything runs)
+
+    p = add("bench-predict", cmd_bench_predict,
+            "Prediction speed of a registered classifier: torch eager vs ONNX Runtime fp32 vs int8 (calibrated on "
+            "real train images) with 1 and 2 threads: single-image p50/p95 latency, throughput at one batch size, "
+            "file size; and, for scale, a fresh tf_efficientnet_lite0 at 224 px (packaged ImageNet weights; its "
+            "int8 calibrated on synthetic images, for timing only). Writes JSON and a Markdown table.")
+    p.add_argument("--model", default="models:/dermagan-classifier@champion", help="default: %(default)s")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--out", type=Path, help="the figures as JSON; the Markdown table goes beside it (.md)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="throughput batch (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=50,
+                   help="timed single-image calls per engine, after 5 warm-up calls (default: %(default)s)")
+    p.add_argument("--calibration-count", type=int, default=256, help="train images calibrating int8 "
+                   "(default: %(default)s)")
+    p.add_argument("--no-reference", action="store_true", help="skip the 224 px EfficientNet-Lite0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -702,6 +761,7 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
         "cv": lambda: {"out": _cv_report(args)},
         "bench-train": lambda: {"out": L.bench(f"train-{arm}")},
         "bench-gan": lambda: {"out": L.bench(f"gan-stage{args.stage}" + (f"-{dx}" if dx else ""))},
+        "bench-predict": lambda: {"out": L.bench("predict")},
     }
     return {**common, **per_command.get(cmd, dict)()}
 
@@ -772,6 +832,8 @@ COMMAND_PATHS: dict[str, dict[str, tuple]] = {
     "bench-train": {"inputs": ("prepared",), "files": ("out",)},
     "bench-gan": {"inputs": ("prepared", "domain_encoder", "base"), "files": ("out",),
                   "dirs": (("grids", "the sample grids (OUT without its suffix)", lambda a: a.train_images > 0),)},
+    "export": {"inputs": ("prepared",), "dirs": ("out",)},
+    "bench-predict": {"inputs": ("prepared",), "files": ("out",)},
 }
 
 
