@@ -334,6 +334,15 @@ def test_export_command_bundles_logs_and_tags_the_version(store, tmp_path, capsy
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "onnx")}
     assert logged == {"onnx/model.onnx", "onnx/model.int8.onnx", "onnx/parity.json"}
 
+    bench = tmp_path / "bench" / "predict.json"
+    assert main(["bench-predict", "--params", params, "--model", f"models:/{name}/{version}", "--prepared",
+                 str(prepared), "--out", str(bench), "--no-reference", "--threads", "1", "--repeats", "2",
+                 "--batch-size", "4", "--calibration-count", "8"]) == 0
+    assert "| onnx-int8 | 1 |" in capsys.readouterr().out
+    doc = json.loads(bench.read_text())
+    assert [r["engine"] for r in doc["rows"]] == list(ENGINES) and bench.with_suffix(".md").is_file()
+    assert doc["rows"][2]["calibration"] == "real train images (8)"
+
 
 def test_export_refuses_an_ensemble_version(store, tmp_path, capsys):
     from dermagan.ensemble.model import log_ensemble

@@ -83,6 +83,13 @@ def onnx_runner(path: Path, threads: int):
     return lambda x: sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
+def make_runner(engine: str, spec: BenchModel, threads: int):
+    """The runner of ``engine`` for ``spec`` (torch's thread count is set by the caller)."""
+    if engine == "torch":
+        return torch_runner(spec.model)
+    return onnx_runner(spec.fp32 if engine == "onnx-fp32" else spec.int8, threads)
+
+
 def seconds_per_call(run, x: np.ndarray, repeats: int, warmup: int) -> np.ndarray:
     for _ in range(warmup):
         run(x)
@@ -121,10 +128,9 @@ def bench_predict(models: list[BenchModel], threads: tuple[int, ...] = (1, 2), b
                      "onnx-int8": spec.int8.stat().st_size}
             for n in threads:
                 torch.set_num_threads(int(n))
-                runners = {"torch": torch_runner(spec.model), "onnx-fp32": onnx_runner(spec.fp32, n),
-                           "onnx-int8": onnx_runner(spec.int8, n)}
-                for engine, run in runners.items():
-                    timing = time_engine(run, spec.images, batch_size, repeats, batch_repeats, warmup)
+                for engine in ENGINES:  # one runner at a time: no idle ORT thread pool spins beside the timed one
+                    timing = time_engine(make_runner(engine, spec, n), spec.images, batch_size, repeats,
+                                         batch_repeats, warmup)
                     rows.append({"model": spec.label, "image_size": int(spec.model.image_size), "engine": engine,
                                  "threads": int(n), "bytes": int(sizes[engine]), "calibration": spec.calibration,
                                  **timing})
