@@ -79,6 +79,7 @@ def store(tmp_path_factory) -> Path:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        mlflow.set_experiment("predict-inputs")  # not the experiment an earlier test made active elsewhere
         torch.manual_seed(0)
         model = create_classifier("simple_cnn", CLASSES, SIZE)
         for min_side in (32, 16):

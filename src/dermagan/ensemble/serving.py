@@ -1,6 +1,6 @@
 """``dermagan predict`` for any registered classifier version: a pytorch model or the ensemble pyfunc.
 
-A version logged by the train stage has the ``pytorch`` flavor and loads as the real
+A version logged by the train stage (the pickle-free classifier pyfunc) loads as the real
 ``nn.Module`` (``dermagan.classify.predict.predict_folder``, on the device asked for). An
 ensemble version (``dermagan ensemble``) is a pyfunc without it; its MLmodel ``metadata`` names
 the classes and the image size, and it takes float images (N, 3, H, W) in [0, 1]. Both read the
@@ -21,23 +21,17 @@ from dermagan.errors import DermaganError
 
 
 def load_classifier(uri: str):
-    """The model at ``uri``: an ``nn.Module`` for a dermagan classifier (the pickle-free pyfunc of
-    ``dermagan.classify.pyfunc_model``, rebuilt from its ``model.pt``; its logged ``min_side`` and
-    ``max_aspect`` become ``input_rules``) or a pytorch-flavor model, else the pyfunc model."""
-    info = mlflow.models.get_model_info(uri)
-    flavors, metadata = info.flavors, info.metadata or {}
-    if metadata.get("kind") == "classifier":
-        from dermagan.classify.registry_load import load_registered
+    """The model at ``uri``, loaded without running anything its folder brings
+    (:func:`dermagan.classify.registry_load.load_registered`): an ``nn.Module`` for a dermagan
+    classifier (its logged ``min_side``/``max_aspect`` become ``input_rules``), the ensemble pyfunc
+    for a dermagan ensemble. Pickled models and unknown pyfuncs are refused with the reason."""
+    from dermagan.classify.registry_load import load_registered
 
-        module = load_registered(uri)
-        module.input_rules = {k: metadata[k] for k in ("min_side", "max_aspect") if metadata.get(k) is not None}
-        return module
-    if "pytorch" in flavors:
-        return mlflow.pytorch.load_model(uri, map_location="cpu")
-    if "python_function" not in flavors:
-        raise DermaganError(f"model '{uri}' has neither the pytorch nor the python_function flavor "
-                            f"(flavors: {sorted(flavors)})")
-    return mlflow.pyfunc.load_model(uri)
+    model = load_registered(uri)
+    if isinstance(model, torch.nn.Module):
+        metadata = mlflow.models.get_model_info(uri).metadata or {}
+        model.input_rules = {k: metadata[k] for k in ("min_side", "max_aspect") if metadata.get(k) is not None}
+    return model
 
 
 def predict_folder_any(model, path: Path, batch_size: int = 128, device: str | torch.device = "cpu",
