@@ -61,6 +61,10 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
+    import mlflow  # an earlier test (or `dermagan` main) may have set another store and experiment process-wide
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("tests")
     return uri
 
 

@@ -21,6 +21,7 @@ from dermagan import cli
 from dermagan.classify.inference import predict_proba, to_float_batch
 from dermagan.classify.models import create_classifier
 from dermagan.classify.predict import list_images, load_folder
+from dermagan.classify.pyfunc_model import log_classifier
 from dermagan.config.schema import HAM10000_CLASSES as CLASSES
 from dermagan.data.prepared import SplitArrays, read_split, write_split
 from dermagan.ensemble.model import EnsembleModel
@@ -298,7 +299,7 @@ def user_folder(folder: Path) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(9)
     for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+        Image.fromarray(rng.integers(0, 256, (32 + i, 36, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
     return folder
 
@@ -361,9 +362,7 @@ def test_promote_treats_the_ensemble_version_like_any_other(world, tmp_path, cap
         table = pd.DataFrame({"image_id": test.image_ids, "actual": [CLASSES[i] for i in test.labels],
                               "predicted": [CLASSES[i] for i in predicted]})
         with mlflow.start_run() as run:
-            info = mlflow.pytorch.log_model(member, name="model", registered_model_name=NAME,
-                                            serialization_format="pickle",
-                                            input_example=np.zeros((1, 3, SIZE, SIZE), dtype=np.float32))
+            info = log_classifier(member, "simple_cnn", "none", SIZE, NAME, min_side=8)
             mlflow.log_table(table, "test/predictions.json")
         torch_version = str(info.registered_model_version)
         from sklearn.metrics import balanced_accuracy_score
@@ -372,7 +371,7 @@ def test_promote_treats_the_ensemble_version_like_any_other(world, tmp_path, cap
         client.set_model_version_tag(NAME, torch_version, "val_bal_acc", "0.5000")
         client.set_model_version_tag(NAME, torch_version, "test_bal_acc", f"{torch_test:.4f}")
         assert promote(client, NAME, torch_version, **gate).promoted
-        # `dermagan predict` still loads a pytorch version as the nn.Module
+        # `dermagan predict` loads a classifier version as the nn.Module (from its weights file)
         assert isinstance(load_classifier(f"models:/{NAME}/{torch_version}"), torch.nn.Module)
 
         loaded = load_test_predictions(client, NAME, ens)

@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize
 from conftest import make_ham_folder
 from dermagan.classify.artifact import load_trained
 from dermagan.classify.inference import predict_logits
+from dermagan.classify.registry_load import load_registered
 from dermagan.classify.models import create_classifier
 from dermagan.classify.train import Trainer, TrainConfig
 from dermagan.config.schema import HAM10000_CLASSES as CLASSES
@@ -301,9 +302,9 @@ def test_experts_arm_trains_saves_and_reloads_identically(pipeline):
     again, _ = load_trained(root / "models" / "ce")
     assert np.array_equal(predict_logits(again, val.images, 16, torch.device("cpu")), logits)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    pickled = mlflow.pytorch.load_model(info["model_uri"], map_location="cpu")  # the registered pickle
-    assert isinstance(pickled, ClassExpertClassifier)
-    assert np.allclose(predict_logits(pickled, val.images, 16, torch.device("cpu")), logits, atol=1e-6)
+    registered = load_registered(info["model_uri"])  # the registered weights file, no pickle
+    assert isinstance(registered, ClassExpertClassifier)
+    assert np.allclose(predict_logits(registered, val.images, 16, torch.device("cpu")), logits, atol=1e-6)
 
 
 def test_old_stage_two_file_without_discriminator_is_named(tmp_path):

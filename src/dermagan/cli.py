@@ -198,22 +198,54 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     import mlflow
+    import torch
 
     from dermagan.atomic import atomic_file
-    from dermagan.ensemble.serving import load_classifier, predict_folder_any
+    from dermagan.classify.preprocess import PREPROCESSING_DEFAULTS, InputError, write_predictions_csv
+    from dermagan.device import pick_device
+    from dermagan.ensemble.serving import input_rules, load_classifier, predict_folder_any
+    from dermagan.tracking.setup import check_tracking_uri, tracking_uri
+
+    if (args.min_side is not None and args.min_side < 1) or (args.max_aspect is not None and not args.max_aspect >= 1):
+        raise DermaganError(f"--min-side {args.min_side} / --max-aspect {args.max_aspect}: need --min-side >= 1 "
+                            "and --max-aspect >= 1")
+    device = pick_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DermaganError("--device cuda: no CUDA device is available here (use --device auto or cpu)")
+    mlflow.set_tracking_uri(check_tracking_uri(tracking_uri()))
+    try:
+        model = load_classifier(args.model)  # a classifier -> nn.Module; an ensemble -> its pyfunc
+    except DermaganError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
+        raise DermaganError(f"cannot load model '{args.model}' from {tracking_uri()}: {exc}") from exc
+    rules = {**PREPROCESSING_DEFAULTS, **input_rules(model)}  # the flags, else the model's own, else the defaults
+    min_side = int(rules["min_side"] if args.min_side is None else args.min_side)
+    max_aspect = float(rules["max_aspect"] if args.max_aspect is None else args.max_aspect)
+    frame, skipped = predict_folder_any(model, args.images_dir, device=device, min_side=min_side,
+                                        max_aspect=max_aspect)
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    try:
+        with atomic_file(args.out, "--out") as tmp:
+            write_predictions_csv(list(frame.columns), frame.itertuples(index=False, name=None), tmp)
+    except InputError as exc:
+        raise DermaganError(str(exc)) from exc
+    print(f"wrote {len(frame)} predictions to {args.out} ({len(skipped)} unreadable file(s) skipped)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import mlflow
+
+    from dermagan.export.registered import run_export, summary
     from dermagan.tracking.setup import check_tracking_uri, tracking_uri
 
     mlflow.set_tracking_uri(check_tracking_uri(tracking_uri()))
-    try:
-        model = load_classifier(args.model)  # pytorch flavor -> nn.Module; an ensemble -> its pyfunc
-    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
-        raise DermaganError(f"cannot load model '{args.model}' from {tracking_uri()}: {exc}") from exc
-    frame, skipped = predict_folder_any(model, args.images_dir)
-    with atomic_file(args.out) as tmp:
-        frame.to_csv(tmp, index=False)
-    for name, reason in skipped:
-        print(f"skipped {name}: {reason}", file=sys.stderr)
-    print(f"wrote {len(frame)} predictions to {args.out} ({len(skipped)} unreadable file(s) skipped)")
+    ev = args.config.evaluate
+    report = run_export(args.model, args.out, args.prepared, n_boot=ev.bootstrap_samples, level=ev.ci_level,
+                        seed=ev.seed, n_bins=ev.calibration_bins, min_count=ev.min_test_count,
+                        calibration_count=args.calibration_count)
+    print(summary(report))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -287,6 +319,20 @@ def cmd_bench_gan(args: argparse.Namespace) -> None:
         print(f"  {point['images_seen']:6d} images ({point['train_seconds'] / 60:5.1f} min): "
               f"domain FD {point['fd_domain']:.2f} (yardstick {result['yardstick']['fd_domain']:.2f}), "
               f"k-NN recall {point['knn_recall_domain']:.2f}, precision {point['knn_precision_domain']:.2f}")
+
+
+def cmd_bench_predict(args: argparse.Namespace) -> None:
+    import mlflow
+
+    from dermagan.export.bench import run_bench_predict
+    from dermagan.tracking.setup import check_tracking_uri, tracking_uri
+
+    mlflow.set_tracking_uri(check_tracking_uri(tracking_uri()))
+    _, table = run_bench_predict(args.model, args.prepared, args.out, seed=args.config.evaluate.seed,
+                                 calibration_count=args.calibration_count, reference=not args.no_reference,
+                                 threads=tuple(args.threads), batch_size=args.batch_size, repeats=args.repeats)
+    print(table)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
 
 
 def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
@@ -513,10 +559,39 @@ def _model_commands(add) -> None:
     p.add_argument("--version", help="version to promote (default: the evaluated version with the highest val_bal_acc)")
     p.add_argument("--force", action="store_true", help="skip the test-set gate against the current champion")
 
-    p = add("predict", cmd_predict, "Classify every JPEG/PNG in a folder with a registered model.", needs_config=False)
-    p.add_argument("images_dir", type=Path)
+    p = add("predict", cmd_predict, "Classify one JPEG/PNG or every JPEG/PNG directly in a folder with a registered "
+            "model; writes image_id, pred_dx, prob_<class>... Each entry not read (another suffix, a folder, a pipe "
+            "or device, a broken link, an undecodable, oversized, too small, too thin or 16-bit image) is named on "
+            "stderr; nothing readable is an error and no CSV. Ids are the file stems, full names where two share "
+            "one (dup.jpg, dup.png); cells a spreadsheet would run as formulas (=, +, -, @) get a leading '.",
+            needs_config=False)
+    p.add_argument("images_dir", type=Path, metavar="INPUT", help="an image file or a folder of images")
     p.add_argument("--model", default="models:/dermagan-classifier@champion", help="model URI (default: %(default)s)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="the CSV to write")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where a pytorch model runs; auto = CUDA when available (default: %(default)s; an "
+                        "ensemble version runs on the CPU)")
+    # defaults: the model's logged values, else dermagan.classify.preprocess.PREPROCESSING_DEFAULTS (filled in
+    # cmd_predict, so every other command starts without numpy/Pillow; tests/test_predict_inputs.py checks the numbers)
+    p.add_argument("--min-side", type=int, help="refuse images whose shorter side is below this, in px (default: "
+                   "the model's min_side, else 32)")
+    p.add_argument("--max-aspect", type=float, help="refuse images whose long side / short side exceeds this "
+                   "(default: the model's max_aspect, else 4)")
+
+    p = add("export", cmd_export, "Export a registered classifier version to ONNX, fp32 and int8 (static, calibrated "
+            "on real train images), as an offline bundle folder whose predict.py needs only onnxruntime, numpy and "
+            "Pillow. Checks parity with torch on real val (max |dp| <= 1e-4) and int8 against fp32 on real test "
+            "(top-1 agreement; balanced accuracy and ECE with paired-bootstrap CIs, params evaluate); logs the ONNX "
+            "files and parity.json to the version's MLflow run (onnx/) and tags the version. Ensembles are "
+            "refused. Not a pipeline stage.")
+    p.add_argument("--model", default="models:/dermagan-classifier@champion",
+                   help="registered version: models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="bundle folder; replaces only an earlier bundle (default: "
+                   "bundles/NAME-vVERSION of the resolved version)")
+    p.add_argument("--prepared", type=Path, help="the prepared folder the model was trained on: val for parity, "
+                   "train for int8 calibration, test for the int8 comparison")
+    p.add_argument("--calibration-count", type=int, default=256,
+                   help="train images calibrating int8, a sample seeded by params evaluate.seed (default: %(default)s)")
 
     p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.", needs_config=False)
     p.add_argument("--host", default="127.0.0.1")
@@ -588,6 +663,22 @@ def _study_commands(add) -> None:
     p.add_argument("--out", type=Path, help="write the figures (JSON) here; with --train-images the sample "
                    "grids go to a folder beside it, named like it without the suffix")
     p.set_defaults(grids=None)  # that folder (derived from --out, checked before anything runs)
+
+    p = add("bench-predict", cmd_bench_predict,
+            "Prediction speed of a registered classifier: torch eager vs ONNX Runtime fp32 vs int8 (calibrated on "
+            "real train images) with 1 and 2 threads: single-image p50/p95 latency, throughput at one batch size, "
+            "file size; and, for scale, a fresh tf_efficientnet_lite0 at 224 px (packaged ImageNet weights; its "
+            "int8 calibrated on synthetic images, for timing only). Writes JSON and a Markdown table.")
+    p.add_argument("--model", default="models:/dermagan-classifier@champion", help="default: %(default)s")
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--out", type=Path, help="the figures as JSON; the Markdown table goes beside it (.md)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="throughput batch (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=50,
+                   help="timed single-image calls per engine, after 5 warm-up calls (default: %(default)s)")
+    p.add_argument("--calibration-count", type=int, default=256, help="train images calibrating int8 "
+                   "(default: %(default)s)")
+    p.add_argument("--no-reference", action="store_true", help="skip the 224 px EfficientNet-Lite0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -670,6 +761,7 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
         "cv": lambda: {"out": _cv_report(args)},
         "bench-train": lambda: {"out": L.bench(f"train-{arm}")},
         "bench-gan": lambda: {"out": L.bench(f"gan-stage{args.stage}" + (f"-{dx}" if dx else ""))},
+        "bench-predict": lambda: {"out": L.bench("predict")},
     }
     return {**common, **per_command.get(cmd, dict)()}
 
@@ -740,6 +832,8 @@ COMMAND_PATHS: dict[str, dict[str, tuple]] = {
     "bench-train": {"inputs": ("prepared",), "files": ("out",)},
     "bench-gan": {"inputs": ("prepared", "domain_encoder", "base"), "files": ("out",),
                   "dirs": (("grids", "the sample grids (OUT without its suffix)", lambda a: a.train_images > 0),)},
+    "export": {"inputs": ("prepared",), "dirs": ("out",)},
+    "bench-predict": {"inputs": ("prepared",), "files": ("out",)},
 }
 
 

@@ -37,18 +37,45 @@ def save_trained(folder: Path, model: torch.nn.Module, backbone: str, tta: str, 
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
 
 
-def load_trained(model_dir: Path) -> tuple[NormalizedClassifier, dict]:
-    """Rebuild the classifier saved by :func:`save_trained`; also return its ``mlflow.json``."""
-    path = Path(model_dir) / MODEL_FILE
+def read_payload(path: Path) -> dict:
+    """``model.pt`` as plain tensors and values: ``torch.load(weights_only=True)``, which refuses any
+    pickled object (a crafted file cannot run code here); a refusal is a DermaganError naming the file."""
+    path = Path(path)
     if not path.is_file():
         raise DermaganError(f"{path}: trained model not found; run the train stage first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (not a zip), EOFError...
+        raise DermaganError(f"{path}: not a dermagan weights file (it must hold only tensors and plain values; "
+                            f"loading refused without running anything it contains: {str(exc).splitlines()[0]})"
+                            ) from exc
+    if not isinstance(saved, dict) or not {"state_dict", "backbone", "classes", "image_size"} <= set(saved):
+        raise DermaganError(f"{path}: not a dermagan weights file (expected state_dict, backbone, classes and "
+                            "image_size)")
+    return saved
+
+
+def build_model(saved: dict, path: Path) -> NormalizedClassifier:
+    """The classifier a payload describes (see :func:`model_payload`), its weights loaded."""
     if saved.get("kind") == "class_experts":  # backbone + frozen class-expert discriminators (dermagan.experts)
         from dermagan.experts import load_expert_classifier
-        model = load_expert_classifier(saved, path)
-    else:
-        model = create_classifier(saved["backbone"], tuple(saved["classes"]), saved["image_size"],
-                                  tta=saved.get("tta", "none"))
+        return load_expert_classifier(saved, path)
+    model = create_classifier(saved["backbone"], tuple(saved["classes"]), saved["image_size"],
+                              tta=saved.get("tta", "none"))
+    try:
         model.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        raise DermaganError(f"{path}: weights do not match the {saved['backbone']} model it describes: {exc}") from exc
+    return model
+
+
+def load_weights_file(path: Path) -> NormalizedClassifier:
+    """Rebuild a classifier from one ``model.pt`` (the train stage's folder or a registered model)."""
+    return build_model(read_payload(path), Path(path))
+
+
+def load_trained(model_dir: Path) -> tuple[NormalizedClassifier, dict]:
+    """Rebuild the classifier saved by :func:`save_trained`; also return its ``mlflow.json``."""
+    model = load_weights_file(Path(model_dir) / MODEL_FILE)
     info = json.loads((Path(model_dir) / INFO_FILE).read_text())
     return model, info

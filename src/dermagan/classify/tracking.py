@@ -12,11 +12,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
+from dermagan.classify.pyfunc_model import log_classifier
 from dermagan.evaluate.report import flat_metrics
 from dermagan.tracking.setup import configure, flatten, standard_tags
 
@@ -36,12 +36,10 @@ def log_train_settings(run_name: str, arm: str, settings: dict, recipe: dict, tr
 
 
 def log_and_register(model, registered_model: str, arm: str, seed: int, extra: str, recipe: dict, image_size: int,
-                     best_val_bal_acc: float, best_epoch: int) -> dict:
-    """Log the model with an input example and register it; tag the new version. Returns
-    ``registered_model``, ``version`` and ``model_uri``."""
-    example = np.zeros((1, 3, image_size, image_size), dtype=np.float32)
-    info = mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                    registered_model_name=registered_model, serialization_format="pickle")
+                     best_val_bal_acc: float, best_epoch: int, min_side: int) -> dict:
+    """Log the model as the pickle-free classifier pyfunc (:mod:`dermagan.classify.pyfunc_model`) and
+    register it; tag the new version. Returns ``registered_model``, ``version`` and ``model_uri``."""
+    info = log_classifier(model, recipe["backbone"], recipe["tta"], image_size, registered_model, min_side)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     tags = {"arm": arm, "seed": seed, "extra": extra,
@@ -90,3 +88,26 @@ def log_test_results(experiment: str, info: dict, report: dict, plots_dir: Path,
             client.set_model_version_tag(info["registered_model"], info["version"], key, value)
     except MlflowException as exc:
         print(f"warning: could not tag {info['registered_model']} v{info['version']}: {exc}")
+
+
+def log_model_card(info: dict, document: dict, dataset: dict, split: str) -> str:
+    """Render the version's model card (:mod:`dermagan.classify.model_card`) from its evaluate document
+    and registry tags; log it as ``model_card.md`` to the run and make it the version's description."""
+    from dermagan.classify.model_card import render_model_card
+
+    client = mlflow.MlflowClient()
+    name, version = info["registered_model"], info["version"]
+    try:
+        tags = client.get_model_version(name, version).tags
+    except MlflowException as exc:
+        print(f"warning: no model card for {name} v{version}: {exc}")
+        return ""
+    report = document["test"]
+    model = {"registered_model": name, "version": version, "arm": info.get("arm", tags.get("arm", "?")),
+             "extra": tags.get("extra"), "backbone": tags.get("backbone", "?"), "tta": tags.get("tta", "none"),
+             "image_size": tags.get("image_size", "?"), "classes": list(report["per_class"]),
+             "run_id": info["run_id"]}
+    card = render_model_card(document, model, dataset, split)
+    client.log_text(info["run_id"], card, "model_card.md")
+    client.update_model_version(name, version, description=card)
+    return card

@@ -167,6 +167,15 @@ class Layout:
     def ensemble_predictions(self) -> Path:
         return self._p("reports", "ensemble_predictions")
 
+    # exported models (git-ignored; `dermagan export`, not a pipeline stage) ---------------------------------------
+    @property
+    def bundles(self) -> Path:
+        return self._p("bundles")
+
+    def bundle(self, name: str, version: str | int) -> Path:
+        """The offline ONNX bundle of one registered version: ``bundles/NAME-vVERSION``."""
+        return self.bundles / f"{name}-v{version}"
+
     # working folders and ad-hoc runs (git-ignored) --------------------------------------------------------------
     @property
     def checkpoints(self) -> Path:

@@ -92,6 +92,18 @@ def _plain(value: Any) -> Any:
 HAM10000_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")  # the default task (params override it)
 
 
+class DatasetInfo(Section):
+    """Where the images come from and on what terms: model cards and bundles repeat it, and the
+    weights inherit its licence terms (HAM10000: CC BY-NC 4.0, so non-commercial use only)."""
+
+    name: str = "HAM10000"
+    licence: str = "CC BY-NC 4.0 (https://creativecommons.org/licenses/by-nc/4.0/)"
+    citation: str = ("Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000 dataset, a large collection of "
+                     "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 "
+                     "(2018). https://doi.org/10.1038/sdata.2018.161")
+    non_commercial: bool = True   # the licence forbids commercial use; cards say the weights inherit that
+
+
 class DataSection(Section):
     """The task: its ordered label set, how raw ``dx`` values map onto it, and optional source metadata."""
 
@@ -99,6 +111,7 @@ class DataSection(Section):
     label_map: dict[str, str | None] = Field(default_factory=dict)  # raw dx -> task label (null: drop the rows)
     positive: str | None = None      # binary tasks: the positive class (ROC AUC, sensitivity at specificity)
     sources: str | None = None       # CSV of image_id -> acquisition source (column `dataset`); needed by split.by: source
+    dataset: DatasetInfo = Field(default_factory=DatasetInfo)  # provenance and licence, for model cards
 
     @model_validator(mode="after")
     def _check(self) -> "DataSection":

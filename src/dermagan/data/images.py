@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# The resize lives in classify/preprocess.py (stand-alone, copied into the offline bundle): one copy
+# for prepare, training and predict, so they see the same pixels.
+from dermagan.classify.preprocess import IMAGE_SUFFIXES, resize_center_crop, too_large_message
 from dermagan.errors import DermaganError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def is_plain_name(image_id: str) -> bool:
@@ -57,14 +57,6 @@ def find_image(images_dir: Path, image_id: str) -> Path:
     raise DermaganError(f"{images_dir}/{image_id}.jpg: image listed in metadata is missing")
 
 
-def _too_large_message(path: Path, exc: Exception) -> str:
-    """Pillow's bomb message ("Image size (N pixels) exceeds limit of M pixels...") in our words."""
-    found = re.search(r"\((\d+) pixels\)", str(exc))
-    size = f"{int(found.group(1)):,} pixels" if found else str(exc)
-    return (f"{path}: image is too large to decode ({size}; the limit is {Image.MAX_IMAGE_PIXELS:,} "
-            "pixels, Pillow's decompression-bomb guard); downscale it first")
-
-
 def open_rgb(path: Path, strict: bool = True) -> Image.Image:
     """Fully decode an image. With ``strict``, anything but 8-bit RGB is an error.
 
@@ -81,7 +73,7 @@ def open_rgb(path: Path, strict: bool = True) -> Image.Image:
                 mode = img.mode
                 image = img.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DermaganError(_too_large_message(path, exc)) from exc
+        raise DermaganError(too_large_message(path, exc)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DermaganError(f"{path}: cannot decode image ({exc})") from exc
     if mode != "RGB":
@@ -89,16 +81,6 @@ def open_rgb(path: Path, strict: bool = True) -> Image.Image:
             raise DermaganError(f"{path}: image mode is {mode}, expected RGB (3-channel colour)")
         image = image.convert("RGB")
     return image
-
-
-def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Resize so the short side is ``size``, then centre-crop to ``size`` x ``size``."""
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = image.resize((new_w, new_h), Image.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def load_image_array(path: Path, size: int, strict: bool = True) -> np.ndarray:

@@ -78,3 +78,13 @@ def source_split(frame: pd.DataFrame, test_sources: tuple[str, ...], val_fractio
     val_mask = _holdout(frame.iloc[rest], val_fraction, seed + 1)
     split[rest[val_mask]] = "val"
     return pd.Series(split, index=frame.index, name="split")
+
+
+def split_description(by: str, test_sources, val_fraction: float, test_fraction: float, seed: int) -> str:
+    """One sentence on how test was held out, for model cards (``prepare.split``'s settings)."""
+    if by == "source":
+        return (f"domain shift: test holds every image of the source(s) {', '.join(test_sources)} and of any lesion "
+                f"seen there; train and validation ({val_fraction:.0%} of the remaining lesions) come from the "
+                f"other sources, grouped by lesion_id (seed {seed})")
+    return (f"lesion-disjoint: {test_fraction:.0%} of lesions for test and {val_fraction:.0%} for validation, "
+            f"stratified and grouped by lesion_id so no lesion is in two splits (seed {seed})")

@@ -16,8 +16,9 @@ from mlflow.exceptions import MlflowException
 from dermagan.atomic import atomic_dir, atomic_file
 from dermagan.classify.artifact import load_trained
 from dermagan.classify.inference import predict_proba
-from dermagan.classify.tracking import log_test_results
+from dermagan.classify.tracking import log_model_card, log_test_results
 from dermagan.config import Config
+from dermagan.data.splits import split_description
 from dermagan.data.prepared import read_split
 from dermagan.device import pick_device
 from dermagan.errors import DermaganError
@@ -103,6 +104,10 @@ def run_evaluate(cfg: Config, arm: str, seed: int, prepared: Path, model_dir: Pa
             frame.to_csv(path, index=False)
         if external:
             log_external_results(info["run_id"], external, tmp / EXTERNAL)
+        log_model_card({**info, "run_id": tracked_run_id(cfg.mlflow.experiment, info)}, document,
+                       cfg.data.dataset.model_dump(), split_description(
+            cfg.prepare.split.by, cfg.prepare.split.test_sources, cfg.prepare.val_fraction, cfg.prepare.test_fraction,
+            cfg.prepare.seed))
     return document
 
 

@@ -56,7 +56,8 @@ def run_train(cfg: Config, arm: str, seed: int, prepared: Path, trainset_dir: Pa
         mlflow.log_figure(history_figure(history, f"{arm}: training curves"), "figures/training_curves.png")
         mlflow.log_table(history, "history.json")
         registered = log_and_register(result.model.cpu(), cfg.mlflow.registered_model, arm, tc.seed, extra, recipe,
-                                      image_size, result.best_val_bal_acc, result.best_epoch)
+                                      image_size, result.best_val_bal_acc, result.best_epoch,
+                                      cfg.prepare.min_image_side)
     info = {"run_id": run.info.run_id, "experiment": experiment, "arm": arm, "seed": tc.seed, **registered,
             "best_epoch": result.best_epoch, "best_val_bal_acc": result.best_val_bal_acc}
     with atomic_dir(Path(out_dir)) as tmp, atomic_file(Path(history_csv)) as tmp_csv:
