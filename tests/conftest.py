@@ -61,10 +61,9 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
-    import mlflow  # an earlier test (or `dermagan` main) may have set another store and experiment process-wide
+    import mlflow  # an earlier test (or `dermagan` main) may have set another store process-wide
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("tests")
+    mlflow.set_tracking_uri(uri)  # lazy: the database is made only when something is logged
     return uri
 
 

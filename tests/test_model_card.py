@@ -56,6 +56,7 @@ def test_card_without_the_non_commercial_term_for_other_data():
 
 def test_log_model_card_sets_description_and_artifact(tracking: str, tmp_path: Path):
     model = create_classifier("simple_cnn", CLASSES, 32)
+    mlflow.set_experiment("tests")  # not an experiment id an earlier test left active
     with mlflow.start_run() as run:
         info = log_classifier(model, "simple_cnn", "none", 32, "card-test", min_side=16)
     client = mlflow.MlflowClient()

@@ -52,6 +52,7 @@ def tiny_model() -> torch.nn.Module:
 @pytest.fixture
 def logged(tracking: str, tmp_path: Path) -> tuple[str, torch.nn.Module]:
     model = tiny_model()
+    mlflow.set_experiment("tests")  # not an experiment id an earlier test left active
     with mlflow.start_run():
         info = log_classifier(model, "simple_cnn", "none", SIZE, NAME, min_side=8)
     return f"models:/{NAME}/{info.registered_model_version}", model

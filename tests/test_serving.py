@@ -51,6 +51,7 @@ def server(tracking: str, tmp_path: Path):
         pytest.skip(f"uvicorn is not installed beside {sys.executable}; mlflow models serve needs it")
     torch.manual_seed(0)
     model = create_classifier("simple_cnn", CLASSES, SIZE).eval()
+    mlflow.set_experiment("tests")  # not an experiment id an earlier test left active
     with mlflow.start_run():
         info = log_classifier(model, "simple_cnn", "none", SIZE, NAME, min_side=16)
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", info.registered_model_version)
