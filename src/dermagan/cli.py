@@ -335,6 +335,25 @@ def cmd_bench_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> None:
+    from dermagan.classify.serving_bench import run_bench_serve
+    from dermagan.tracking.setup import check_tracking_uri, tracking_uri
+
+    _, table = run_bench_serve(args.model, args.images, args.out, clients=args.clients, requests=args.requests,
+                               count=args.count, time_limit_s=args.time_limit,
+                               tracking_uri=check_tracking_uri(tracking_uri()))
+    print(table)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+
+
+def cmd_bench_bundle(args: argparse.Namespace) -> None:
+    from dermagan.export.bench_bundle import run_bench_bundle
+
+    _, table = run_bench_bundle(args.bundle, args.images, args.out, repeats=args.repeats)
+    print(table)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+
+
 def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
     """``python -m mlflow ui ...`` with this interpreter, so it works without the venv on PATH."""
     from dermagan.tracking.setup import tracking_uri
@@ -664,6 +683,28 @@ def _study_commands(add) -> None:
                    "grids go to a folder beside it, named like it without the suffix")
     p.set_defaults(grids=None)  # that folder (derived from --out, checked before anything runs)
 
+    p = add("bench-serve", cmd_bench_serve,
+            "Load test of `mlflow models serve` for a registered classifier on 127.0.0.1: CLIENTS concurrent "
+            "clients send REQUESTS requests, one real image each; p50/p95 latency, throughput, errors.",
+            needs_config=False)
+    p.add_argument("--model", default="models:/dermagan-classifier@champion", help="default: %(default)s")
+    p.add_argument("--images", type=Path, help="folder of JPEG/PNG images to send (default: the raw HAM10000 "
+                                               "images)")
+    p.add_argument("--count", type=int, default=32, help="distinct images, sorted by name (default: %(default)s)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=500, help="requests in all (default: %(default)s)")
+    p.add_argument("--time-limit", type=float, default=600, help="stop sending after this many s (default: 600)")
+    p.add_argument("--out", type=Path, help="the figures as JSON; the Markdown table goes beside it (.md)")
+
+    p = add("bench-bundle", cmd_bench_bundle,
+            "The export bundle in a fresh venv holding only onnxruntime, numpy and Pillow: cold start on one "
+            "image, a folder run, peak memory, size on disk (fp32 and int8).", needs_config=False)
+    p.add_argument("bundle", type=Path, help="a folder written by `dermagan export`")
+    p.add_argument("--images", type=Path, help="folder of images for the folder run (default: the raw HAM10000 "
+                                               "images; use a small folder)")
+    p.add_argument("--repeats", type=int, default=3, help="cold starts timed per model (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="the figures as JSON; the Markdown table goes beside it (.md)")
+
     p = add("bench-predict", cmd_bench_predict,
             "Prediction speed of a registered classifier: torch eager vs ONNX Runtime fp32 vs int8 (calibrated on "
             "real train images) with 1 and 2 threads: single-image p50/p95 latency, throughput at one batch size, "
@@ -762,6 +803,8 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
         "bench-train": lambda: {"out": L.bench(f"train-{arm}")},
         "bench-gan": lambda: {"out": L.bench(f"gan-stage{args.stage}" + (f"-{dx}" if dx else ""))},
         "bench-predict": lambda: {"out": L.bench("predict")},
+        "bench-serve": lambda: {"out": L.bench("serving"), "images": L.raw / "images"},
+        "bench-bundle": lambda: {"out": L.bench("bundle"), "images": L.raw / "images"},
     }
     return {**common, **per_command.get(cmd, dict)()}
 
@@ -834,6 +877,8 @@ COMMAND_PATHS: dict[str, dict[str, tuple]] = {
                   "dirs": (("grids", "the sample grids (OUT without its suffix)", lambda a: a.train_images > 0),)},
     "export": {"inputs": ("prepared",), "dirs": ("out",)},
     "bench-predict": {"inputs": ("prepared",), "files": ("out",)},
+    "bench-serve": {"inputs": ("images",), "files": ("out",)},
+    "bench-bundle": {"inputs": ("bundle", "images"), "files": ("out",)},
 }
 
 

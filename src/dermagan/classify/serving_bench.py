@@ -132,3 +132,50 @@ def load_test(port: int, bodies: list[bytes], clients: int = 8, requests: int = 
             "p50_ms": round(float(np.percentile(values, 50)), 1) if len(values) else None,
             "p95_ms": round(float(np.percentile(values, 95)), 1) if len(values) else None,
             "max_ms": round(float(values.max()), 1) if len(values) else None}
+
+
+def sample_files(images_dir: Path, count: int) -> list[Path]:
+    """The first ``count`` JPEG/PNG files of a folder, sorted by name (real images, one per request)."""
+    from dermagan.classify.preprocess import IMAGE_SUFFIXES
+
+    files = sorted(p for p in Path(images_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DermaganError(f"{images_dir}: no .jpg/.jpeg/.png images to send")
+    return files[:count]
+
+
+def markdown(result: dict) -> str:
+    return "\n".join([
+        f"Serving load test: `{result['model']}` via `mlflow models serve` on 127.0.0.1, {result['clients']} "
+        f"concurrent clients, one {result['image_px']} image per request ({result['distinct_images']} distinct "
+        "real images).", "",
+        "| requests | errors | p50 latency (ms) | p95 latency (ms) | max (ms) | throughput (req/s) | wall (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {result['requests_sent']} | {result['errors']} | {result['p50_ms']} | {result['p95_ms']} | "
+        f"{result['max_ms']} | {result['throughput_rps']} | {result['wall_s']} |", ""])
+
+
+def run_bench_serve(model_uri: str, images_dir: Path, out: Path, clients: int = 8, requests: int = 500,
+                    count: int = 32, time_limit_s: float = 600, tracking_uri: str | None = None) -> tuple[dict, str]:
+    """Serve ``model_uri``, check one answer, run :func:`load_test`; write ``out`` (JSON) and ``out.md``."""
+    from PIL import Image
+
+    from dermagan.atomic import atomic_file
+
+    files = sample_files(images_dir, count)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bodies = [image_body([f]) for f in files]
+    with serve(model_uri, out.with_suffix(".server.log"), tracking_uri) as port:
+        status, answer = post(port, bodies[0])
+        if status != 200:
+            raise DermaganError(f"the server refused a real image ({status}): {answer.get('message', answer)}")
+        result = load_test(port, bodies, clients=clients, requests=requests, time_limit_s=time_limit_s)
+    with Image.open(files[0]) as image:
+        width, height = image.size
+    result = {"model": model_uri, "distinct_images": len(files), "image_px": f"{width}x{height}", **result}
+    table = markdown(result)
+    with atomic_file(out) as tmp_json, atomic_file(out.with_suffix(".md")) as tmp_md:
+        tmp_json.write_text(json.dumps(result, indent=2) + "\n")
+        tmp_md.write_text(table)
+    return result, table
