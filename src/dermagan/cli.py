@@ -103,6 +103,19 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     print(f"best single arm (by val): {doc['best_single']['arm']}; registered {reg['combiner']} as {reg['model_uri']}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from dermagan.stages.report import run_readme, run_report
+
+    if args.readme is not None:
+        changed = run_readme(args.config, args.readme, args.compare, args.metrics_dir, args.history_dir)
+        print(f"{args.readme}: results block {'rewritten' if changed else 'already up to date'} (from {args.compare})")
+        return
+    for path in run_report(args.config, args.compare, args.ensemble, args.metrics_dir, args.fidelity_dir,
+                           args.history_dir, args.roc_dir, args.compare_dir, args.ensemble_dir, args.fidelity_plots,
+                           args.md, args.html, args.summary_dir, args.plots):
+        print(f"wrote {path}")
+
+
 def cmd_validate_augmented(args: argparse.Namespace) -> None:
     from dermagan.stages.validate_augmented import run_validate_augmented
 
@@ -604,6 +617,26 @@ def _classifier_commands(add) -> None:
                    help="prepare-external's folder: every combiner is also scored on each external test set "
                         "(weights unchanged) (default: %(default)s)")
 
+    p = add("report", cmd_report, "The pipeline's report from its own metrics and figures: reports/report.md and a "
+            "self-contained reports/report.html (arms, verdicts with CI and MDD, calibration, ensembles, fidelity), "
+            "the flat metrics/summary/*.json `dvc metrics show` lists and the CSVs of the top-level DVC plots. "
+            "With --readme: only rewrite README's results block (between its results markers) from the metrics.",
+            example="dermagan report --readme")
+    p.add_argument("--readme", type=Path, nargs="?", const=LAYOUT.readme, metavar="README",
+                   help=f"only rewrite the block between README's results markers (file default: {LAYOUT.readme}; "
+                        "default: off); reads --compare, --history-dir and, for an older compare.json, --metrics-dir")
+    for flag, what in (("--compare", "the compare stage's summary"), ("--ensemble", "the ensemble stage's metrics"),
+                       ("--metrics-dir", "every run's test metrics (ECE)"),
+                       ("--fidelity-dir", "METHOD.json of every gan.methods entry"),
+                       ("--history-dir", "per-epoch training histories"), ("--roc-dir", "every run's test ROC CSV"),
+                       ("--compare-dir", "the compare stage's figures"), ("--ensemble-dir", "the ensemble's figures"),
+                       ("--fidelity-plots", "METHOD/ folders of fidelity figures")):
+        p.add_argument(flag, type=Path, help=f"{what} (default: %(default)s)")
+    p.add_argument("--md", type=Path, help="the report in Markdown, figures linked (default: %(default)s)")
+    p.add_argument("--html", type=Path, help="the same report with its figures embedded: opens offline")
+    p.add_argument("--summary-dir", type=Path, help="one flat JSON per arm and ensemble combiner (DVC metrics)")
+    p.add_argument("--plots", type=Path, help="long CSVs of the top-level DVC plots")
+
     p = add("cv", cmd_cv, "Lesion-grouped K-fold evaluation of one arm on train+val (the test split is never "
             "read): per-fold and mean ± std balanced accuracy, report folder and MLflow runs (one parent, one "
             "nested run per fold). Arms with extra: null or oversample (copies drawn from each fold's training "
@@ -837,6 +870,7 @@ COMMAND_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("evaluate", "score one arm and seed on the real-only test split"),
         ("ensemble", "combine the arms of each seed; register one combiner"),
         ("compare", "every arm over its seeds: do GAN arms beat the rest?"),
+        ("report", "the results as Markdown + offline HTML, DVC metrics/plots"),
     )),
     ("studies (run on purpose, outside the pipeline)", (
         ("calibrate-dedup", "hash distances that choose the dedup thresholds"),
@@ -949,6 +983,11 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
                             "eval_dir": L.eval_plots("ARM", 0).parent},  # reports/eval
         "ensemble": lambda: {"models_dir": L.models, "out": L.ensemble, "metrics": L.ensemble_metrics,
                              "predictions_dir": L.ensemble_predictions, "external": L.external},
+        "report": lambda: {"compare": L.compare_summary, "ensemble": L.ensemble_metrics,
+                           "metrics_dir": L.run_metrics_dir, "fidelity_dir": L.fidelity_metrics_dir,
+                           "history_dir": L.histories, "roc_dir": L.roc_dir, "compare_dir": L.compare,
+                           "ensemble_dir": L.ensemble, "fidelity_plots": L.fidelity_plots_root, "md": L.report_md,
+                           "html": L.report_html, "summary_dir": L.summary_dir, "plots": L.report_plots},
         "train-gan": lambda: {"out": L.gan_dir(method)},
         "train-stgan": lambda: {"base": L.stgan_base,  # stage 2 without --class: cmd_train_stgan names the problem
                                 "out": L.stgan_base if args.stage == 1 else (L.gan_class_dir("stgan", dx) if dx else None)},
@@ -1021,6 +1060,11 @@ COMMAND_PATHS: dict[str, dict[str, tuple]] = {
                 "files": ("summary",)},
     "ensemble": {"inputs": ("prepared", "models_dir", "external"), "dirs": ("out", "predictions_dir"),
                  "files": ("metrics",)},
+    "report": {"inputs": ("compare", "ensemble", "metrics_dir", "fidelity_dir", "history_dir", "roc_dir", "compare_dir",
+                          "ensemble_dir", "fidelity_plots", "readme"),  # --readme: edited between its markers only
+               "work": (("summary_dir", "--summary-dir", lambda a: a.readme is None),),  # its files: atomic_file each
+               "dirs": (("plots", "--plots", lambda a: a.readme is None),),
+               "files": (("md", "--md", lambda a: a.readme is None), ("html", "--html", lambda a: a.readme is None))},
     "train-gan": {"inputs": ("prepared",), "work": ("checkpoints",), "dirs": ("out",)},
     "train-stgan": {"inputs": ("prepared", ("base", "--base", lambda a: a.stage == 2)), "work": ("checkpoints",),
                     "dirs": ("out",)},
