@@ -64,6 +64,10 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     import mlflow  # an earlier test (or `dermagan` main) may have set another store process-wide
 
     mlflow.set_tracking_uri(uri)  # lazy: the database is made only when something is logged
+    # ... and may have left its experiment active: runs would go to an experiment id this store lacks
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):  # mlflow.set_experiment also sets these
+        monkeypatch.delenv(name, raising=False)
     return uri
 
 

@@ -243,6 +243,7 @@ def test_evaluate_stage_on_a_binary_task(tmp_path, monkeypatch):
         1 - p["val" if images[0, 0, 0, 0] == 0 else "test"], p["val" if images[0, 0, 0, 0] == 0 else "test"]])
     monkeypatch.setattr(stage, "log_test_results", lambda *args: logged.setdefault("report", args[2]))
     monkeypatch.setattr(stage, "tracked_run_id", lambda experiment, info: info["run_id"])
+    monkeypatch.setattr(stage, "log_datasets", lambda inputs, run_id: logged.setdefault("datasets", inputs))
     monkeypatch.setattr(stage, "log_model_card", lambda *args: "")
     cfg = make_config(binary_params({"evaluate": {"bootstrap_samples": 200, "specificity": 0.8,
                                                   "verdict_classes": None}}))
@@ -262,3 +263,5 @@ def test_evaluate_stage_on_a_binary_task(tmp_path, monkeypatch):
     roc = pd.read_csv(out["roc"])
     assert list(roc.columns) == ["class", "fpr", "tpr"] and set(roc["class"]) == {POSITIVE}
     assert (out["plots"] / "roc.png").is_file()
+    assert [(d.dataset.name, d.tags[-1].value) for d in logged["datasets"]] == [("ham10000-test", "test"),
+                                                                             ("ham10000-val", "validation")]

@@ -189,7 +189,9 @@ def test_models_registered_with_tags_and_promoted(project):
     versions = client.search_model_versions("name='dermagan-classifier'")
     assert len(versions) == len(ARMS) + 1  # every arm, plus the registered ensemble (pyfunc)
     assert {v.tags["arm"] for v in versions} - set(ARMS) == {"ensemble_" + ensemble_combiner(root)}
-    assert all("test_bal_acc" in v.tags and "test_recall_df" in v.tags for v in versions)
+    assert all("test_bal_acc" in v.tags and "test_bal_acc_ci" in v.tags for v in versions)
+    assert not any("test_recall_df" in v.tags for v in versions)  # on the run: metric test/recall_df
+    assert not any("backbone" in v.tags for v in versions if v.tags.get("kind") != "ensemble")  # recipe.backbone
     # promotion picks by validation (newest wins ties) and only gates on test
     # ensembles are not candidates of a plain promote (their weights were fitted on val)
     best = max((v for v in versions if v.tags.get("kind") != "ensemble"),
@@ -198,7 +200,10 @@ def test_models_registered_with_tags_and_promoted(project):
     assert f"promoted v{best.version}" in promoted.stdout
     assert str(client.get_model_version_by_alias("dermagan-classifier", "champion").version) == str(best.version)
     run_metrics = client.get_run(best.run_id).data.metrics
-    assert "val/bal_acc" in run_metrics and "test/bal_acc" in run_metrics
+    assert "val/bal_acc" in run_metrics and "test/bal_acc" in run_metrics and "test/recall_df" in run_metrics
+    contexts = {tag.value for d in client.get_run(best.run_id).inputs.dataset_inputs for tag in d.tags
+                if tag.key == "mlflow.data.context"}
+    assert {"training", "validation", "test"} <= contexts
 
 
 def test_predict_with_champion_skips_unreadable(project):

@@ -341,7 +341,7 @@ def test_registered_pyfunc_loads_and_predict_cli_gives_the_weighted_members(worl
 
         code = cli.main(["predict", str(folder), "--model", f"models:/{NAME}/999", "--out", str(tmp_path / "x.csv")])
         err = capsys.readouterr().err
-        assert code == 2 and f"cannot load model 'models:/{NAME}/999'" in err and "Traceback" not in err
+        assert code == 2 and f"'{NAME}' has no version 999" in err and "Traceback" not in err
         assert not (tmp_path / "x.csv").exists()
 
 

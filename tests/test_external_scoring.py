@@ -123,6 +123,11 @@ def test_evaluate_scores_the_external_set_like_test(tracking, tmp_path, ham_worl
     assert run["metrics.test/bal_acc"] == pytest.approx(test["bal_acc"])
     artifacts = mlflow.MlflowClient().list_artifacts(run["run_id"], "external")
     assert [Path(a.path).name for a in artifacts] == ["clinic.csv"]
+    # ... with the test split and the external set as its dataset inputs (one run per evaluation: the card too)
+    inputs = mlflow.MlflowClient().get_run(run["run_id"]).inputs.dataset_inputs
+    contexts = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for d in inputs}
+    assert contexts == {"ham10000-test": "test", "clinic": "external"}
+    assert len(mlflow.search_runs(experiment_names=["external-scoring"])) == 2
 
 
 def test_without_external_sets_the_outputs_do_not_change(tracking, tmp_path, ham_world):

@@ -15,6 +15,7 @@ from dermagan.classify.pyfunc_model import log_classifier
 from dermagan.classify.tracking import log_model_card
 from dermagan.config.schema import DatasetInfo
 from dermagan.data.splits import split_description
+from dermagan.tracking.setup import configure
 
 CLASSES = ("akiec", "df", "nv")
 
@@ -55,17 +56,21 @@ def test_card_without_the_non_commercial_term_for_other_data():
 
 
 def test_log_model_card_sets_description_and_artifact(tracking: str, tmp_path: Path):
+    """Backbone, TTA and image size come from the version's MLmodel metadata, the extras from the run's tag:
+    the version carries no such tags."""
     model = create_classifier("simple_cnn", CLASSES, 32)
-    mlflow.set_experiment("tests")  # not an experiment id an earlier test left active
+    configure("tests")  # not an experiment id an earlier test left active
     with mlflow.start_run() as run:
-        info = log_classifier(model, "simple_cnn", "none", 32, "card-test", min_side=16)
+        mlflow.set_tag("extra", "ros")
+        info = log_classifier(model, "simple_cnn", "flips", 32, "card-test", min_side=16)
     client = mlflow.MlflowClient()
     version = info.registered_model_version
-    for key, value in {"arm": "effnet_ros", "extra": "ros", "backbone": "simple_cnn", "image_size": "32"}.items():
-        client.set_model_version_tag("card-test", version, key, value)
+    client.set_model_version_tag("card-test", version, "arm", "effnet_ros")
     card = log_model_card({"registered_model": "card-test", "version": version, "run_id": run.info.run_id,
                            "arm": "effnet_ros"}, document(), DatasetInfo().model_dump(), "lesion-disjoint split")
     assert client.get_model_version("card-test", version).description == card
+    assert "simple_cnn classifier" in card and "32 x 32" in card and "Test-time augmentation: flips" in card
+    assert "Augmentation: ros (arm `effnet_ros`)" in card
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model_card.md",
                                                dst_path=str(tmp_path / "dl"))
     assert Path(path).read_text() == card and "card-test version" in card

@@ -103,6 +103,19 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     print(f"best single arm (by val): {doc['best_single']['arm']}; registered {reg['combiner']} as {reg['model_uri']}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from dermagan.stages.report import run_readme, run_report
+
+    if args.readme is not None:
+        changed = run_readme(args.config, args.readme, args.compare, args.metrics_dir, args.history_dir)
+        print(f"{args.readme}: results block {'rewritten' if changed else 'already up to date'} (from {args.compare})")
+        return
+    for path in run_report(args.config, args.compare, args.ensemble, args.metrics_dir, args.fidelity_dir,
+                           args.history_dir, args.roc_dir, args.compare_dir, args.ensemble_dir, args.fidelity_plots,
+                           args.md, args.html, args.summary_dir, args.plots):
+        print(f"wrote {path}")
+
+
 def cmd_validate_augmented(args: argparse.Namespace) -> None:
     from dermagan.stages.validate_augmented import run_validate_augmented
 
@@ -175,6 +188,35 @@ def cmd_calibrate_dedup(args: argparse.Namespace) -> None:
 
     summary = run_calibrate_dedup(args.config, args.prepared, args.out)
     print(json.dumps(summary, indent=2))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dermagan.tracking.registry import NO_MODELS_HINT, format_versions, registered_model_names, version_rows
+    from dermagan.tracking.setup import check_tracking_uri, sqlite_path, tracking_uri
+
+    if args.limit is not None and args.limit < 1:
+        raise DermaganError(f"--limit {args.limit}: need a positive number of versions")
+    uri = check_tracking_uri(tracking_uri())
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():  # listing must not create an empty store
+        raise DermaganError(f"no MLflow tracking database at {path} (tracking URI '{uri}'); {NO_MODELS_HINT}, or "
+                            "set MLFLOW_TRACKING_URI to the store that holds them")
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    try:
+        names = registered_model_names(client) if args.all else [args.name]
+        if not names:
+            raise DermaganError(f"no model is registered in {uri}; {NO_MODELS_HINT}")
+        tables = [format_versions(name, version_rows(client, name, args.limit), limited=args.limit is not None)
+                  for name in names]
+    except (MlflowException, SQLAlchemyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DermaganError(f"cannot read the model registry in '{uri}': {type(exc).__name__}: {first}") from exc
+    print("\n\n".join(tables))
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -383,28 +425,31 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 def _data_commands(add) -> None:
     """Data: import, checks, dedup thresholds."""
-    p = add("prepare", cmd_prepare, "Resize raw HAM10000, split by lesion_id, write arrays and EDA figures.")
+    p = add("prepare", cmd_prepare, "Resize raw HAM10000, split by lesion_id, write arrays and EDA figures.",
+            example="dermagan prepare --raw data --out artifacts/prepared")
     p.add_argument("--raw", type=Path, help="HAM10000-layout folder (metadata.csv + images/)")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--eda", type=Path)
+    p.add_argument("--out", type=Path, help="the prepared splits: train/val/test arrays and their tables")
+    p.add_argument("--eda", type=Path, help="EDA figures and tables")
 
-    p = add("validate", cmd_validate, "Great Expectations checks of images, labels, splits and balance.")
+    p = add("validate", cmd_validate, "Great Expectations checks of images, labels, splits and balance.",
+            example="dermagan validate --prepared artifacts/prepared")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--raw", type=Path)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="validation results and Data Docs")
 
     p = add("prepare-external", cmd_prepare_external,
             "Check and resize the external test sets of params evaluate.external (HAM10000-layout folders): "
             "labels through data.label_map, no image shared with train/val (sha256 of the files), one "
-            "OUT/NAME.npz per set plus OUT/summary.json.")
+            "OUT/NAME.npz per set plus OUT/summary.json.", example="dermagan prepare-external --out artifacts/external")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--raw", type=Path, help="the raw HAM10000 folder the prepared splits come from")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="one NAME.npz per external test set, plus summary.json")
 
     p = add("calibrate-dedup", cmd_calibrate_dedup,
-            "Hash distances of same-lesion photo pairs vs nearest other lesions, to choose dedup thresholds.")
+            "Hash distances of same-lesion photo pairs vs nearest other lesions, to choose dedup thresholds.",
+            example="dermagan calibrate-dedup --out reports/dedup/calibration")
     p.add_argument("--prepared", type=Path)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="threshold table, distances and figures")
 
 
 def _generator_commands(add) -> None:
@@ -414,17 +459,22 @@ def _generator_commands(add) -> None:
     dcgan_methods = methods_with(train_stage="train_gan")
     methods_text = f"one of {', '.join(sorted(METHODS))} or a gan.cyclegan.variants name"
 
-    p = add("train-gan", cmd_train_gan, "Train DCGANs on the real train split (one per class, or one conditional).")
-    p.add_argument("--method", required=True, choices=dcgan_methods)
+    p = add("train-gan", cmd_train_gan, "Train DCGANs on the real train split (one per class, or one conditional).",
+            example="dermagan train-gan --method dcgan")
+    p.add_argument("--method", required=True, choices=dcgan_methods,
+                   help="dcgan: one GAN per augmented class; cdcgan: one class-conditional GAN")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="folder for the EMA generators (default: %(default)s)")
     p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
 
     p = add("train-stgan", cmd_train_stgan,
             "STGAN self-transfer: stage 1 (--stage 1) trains a FastGAN on every real train image; stage 2 "
-            "(--stage 2 --class DX) fine-tunes it on one class with Freeze-D and Barlow Twins.")
-    p.add_argument("--stage", type=int, required=True, choices=[1, 2])
-    p.add_argument("--class", dest="dx", help="stage 2: the augmented class (one of params gan.classes)")
+            "(--stage 2 --class DX) fine-tunes it on one class with Freeze-D and Barlow Twins.",
+            example="dermagan train-stgan --stage 2 --class df")
+    p.add_argument("--stage", type=int, required=True, choices=[1, 2],
+                   help="1: the base FastGAN on every train image; 2: fine-tune the base on one class (--class)")
+    p.add_argument("--class", dest="dx", help="stage 2: the augmented class, one of params gan.classes (default: "
+                   "none; --stage 2 needs it)")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--base", type=Path,
                    help="stage 1's output folder (stage 2 reads it; default: %(default)s)")
@@ -433,28 +483,32 @@ def _generator_commands(add) -> None:
     p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
 
     p = add("train-cyclegan", cmd_train_cyclegan,
-            "CycleGAN nv <-> one augmented class on the real train split; registers the nv -> class generator.")
+            "CycleGAN nv <-> one augmented class on the real train split; registers the nv -> class generator.",
+            example="dermagan train-cyclegan --class df")
     p.add_argument("--class", dest="dx", required=True, help="the augmented class (one of params gan.classes)")
     p.add_argument("--variant", help="a gan.cyclegan.variants entry: the same CycleGAN with those settings, as a "
-                   "method of its own (e.g. another label smoothing)")
+                   "method of its own, e.g. another label smoothing (default: none, the plain cyclegan method)")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="output folder (<class>.pt + generators.json; default: %(default)s)")
     p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
 
     p = add("domain-encoder", cmd_domain_encoder,
             "Train the domain feature encoder (a from-scratch CNN on the real train split only) that fidelity "
-            "measures generators in; no discriminator ever sees it.")
+            "measures generators in; no discriminator ever sees it.",
+            example="dermagan domain-encoder --out artifacts/domain_encoder")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="encoder.pt + history.csv")
     p.add_argument("--metrics", type=Path, help="its real-val scores, a DVC metrics file")
 
-    p = add("generate", cmd_generate, "Sample synthetic PNGs and a manifest from trained generators.")
+    p = add("generate", cmd_generate, "Sample synthetic PNGs and a manifest from trained generators.",
+            example="dermagan generate --method stgan")
     p.add_argument("--method", required=True, metavar="METHOD", help=methods_text)
     p.add_argument("--prepared", type=Path)
     p.add_argument("--gan-dir", type=Path, help="trained generators (default: %(default)s)")
     p.add_argument("--out", type=Path, help="PNGs per class + manifest.csv (default: %(default)s)")
 
-    p = add("dedup", cmd_dedup, "Drop synthetic near-duplicates and memorised train images (pHash + wHash).")
+    p = add("dedup", cmd_dedup, "Drop synthetic near-duplicates and memorised train images (pHash + wHash).",
+            example="dermagan dedup --method stgan")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--method", required=True, metavar="METHOD", help=f"the generator method whose images to "
                    f"check: {methods_text}")
@@ -463,22 +517,26 @@ def _generator_commands(add) -> None:
     p.add_argument("--report", type=Path, help="report folder: counts, decisions, histogram (default: %(default)s)")
 
     p = add("fidelity", cmd_fidelity, "FID/KID (EfficientNet-Lite0 features), k-NN precision/recall and "
-            "real-vs-synthetic figures per class.")
+            "real-vs-synthetic figures per class.", example="dermagan fidelity --method stgan")
     p.add_argument("--method", required=True, metavar="METHOD", help=methods_text)
     p.add_argument("--prepared", type=Path)
     p.add_argument("--domain-encoder", type=Path,
                    help="folder written by `dermagan domain-encoder` (default: %(default)s)")
-    p.add_argument("--synthetic-root", type=Path, help="default: artifacts/synthetic/METHOD")
-    p.add_argument("--dedup-report", type=Path, help="default: reports/dedup/METHOD")
-    p.add_argument("--gan-dir", type=Path, help="default: artifacts/gan/METHOD")
-    p.add_argument("--metrics", type=Path, help="default: metrics/fidelity/METHOD.json")
-    p.add_argument("--plots", type=Path, help="default: reports/fidelity/METHOD")
+    p.add_argument("--synthetic-root", type=Path, help="the method's synthetic images: generated/ and dedup/ "
+                   "(default: artifacts/synthetic/METHOD)")
+    p.add_argument("--dedup-report", type=Path, help="folder written by `dermagan dedup --report` "
+                   "(default: reports/dedup/METHOD)")
+    p.add_argument("--gan-dir", type=Path, help="trained generators (default: artifacts/gan/METHOD)")
+    p.add_argument("--metrics", type=Path, help="the scores, a DVC metrics file "
+                   "(default: metrics/fidelity/METHOD.json)")
+    p.add_argument("--plots", type=Path, help="real-vs-synthetic figures (default: reports/fidelity/METHOD)")
 
 
 def _classifier_commands(add) -> None:
     """Classifiers: augmented training sets, training, evaluation, comparison, ensembles."""
     p = add("validate-augmented", cmd_validate_augmented,
-            "Assemble one arm's extra training images (GAN or oversampled) and check them with Great Expectations.")
+            "Assemble one arm's extra training images (GAN or oversampled) and check them with Great Expectations.",
+            example="dermagan validate-augmented --arm effnet_stgan")
     p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--synthetic-root", type=Path,
@@ -486,7 +544,8 @@ def _classifier_commands(add) -> None:
     p.add_argument("--out", type=Path, help="checked extras for training (default: artifacts/trainsets/ARM)")
     p.add_argument("--report", type=Path, help="report + Data Docs (default: reports/validation_augmented/ARM)")
 
-    p = add("train", cmd_train, "Train one classifier arm (see `arms` in params.yaml) with one seed and register it.")
+    p = add("train", cmd_train, "Train one classifier arm (see `arms` in params.yaml) with one seed and register it.",
+            example="dermagan train --arm effnet_ros --seed 0")
     p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
     p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
     p.add_argument("--prepared", type=Path)
@@ -495,12 +554,14 @@ def _classifier_commands(add) -> None:
     p.add_argument("--history", type=Path, help="per-epoch CSV (default: reports/train/ARM-sSEED.csv)")
     p.add_argument("--checkpoints", type=Path, help="resume checkpoints folder")
 
-    p = add("evaluate", cmd_evaluate, "Score one trained arm and seed on the real-only test split.")
-    p.add_argument("--arm", required=True)
+    p = add("evaluate", cmd_evaluate, "Score one trained arm and seed on the real-only test split.",
+            example="dermagan evaluate --arm effnet_ros --seed 0")
+    p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
     p.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
     p.add_argument("--prepared", type=Path)
-    p.add_argument("--model-dir", type=Path, help="default: artifacts/models/ARM-sSEED")
-    p.add_argument("--metrics", type=Path, help="default: metrics/ARM-sSEED.json")
+    p.add_argument("--model-dir", type=Path, help="folder written by `dermagan train` (default: "
+                   "artifacts/models/ARM-sSEED)")
+    p.add_argument("--metrics", type=Path, help="test scores, a DVC metrics file (default: metrics/ARM-sSEED.json)")
     p.add_argument("--plots", type=Path, help="figures folder (default: reports/eval/ARM-sSEED)")
     p.add_argument("--predictions", type=Path,
                    help="per-image test predictions (default: reports/predictions/ARM-sSEED.csv)")
@@ -511,13 +572,15 @@ def _classifier_commands(add) -> None:
                    help="prepare-external's folder: each external test set in it is scored too, its predictions "
                         "written to PLOTS/external/NAME.csv (default: %(default)s)")
 
-    p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.")
-    p.add_argument("--metrics-dir", type=Path)
-    p.add_argument("--predictions-dir", type=Path)
+    p = add("compare", cmd_compare, "Every arm over its seeds, and whether GAN arms beat the best non-GAN arm.",
+            example="dermagan compare --out reports/compare")
+    p.add_argument("--metrics-dir", type=Path, help="the evaluate stage's test scores, ARM-sSEED.json")
+    p.add_argument("--predictions-dir", type=Path, help="the evaluate stage's per-image test predictions, "
+                   "ARM-sSEED.csv")
     p.add_argument("--history-dir", type=Path,
                    help="per-epoch training histories; the GAN arms' comparator is the non-GAN arm with the best "
                         "real-val balanced accuracy in them (default: %(default)s)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="tables and figures")
     p.add_argument("--summary", type=Path, help="also write the summary (means, spreads, verdicts) here, "
                    "e.g. a DVC metrics file")
     p.add_argument("--external", type=Path,
@@ -529,34 +592,57 @@ def _classifier_commands(add) -> None:
 
     p = add("compare-runs", cmd_compare_runs,
             "Paired bootstrap of an arm's test predictions against an earlier run of it (e.g. tuned vs default GAN "
-            "settings): the same statistic as compare, on the same test images, seeds paired.")
+            "settings): the same statistic as compare, on the same test images, seeds paired.",
+            example="dermagan compare-runs --arm effnet_stgan --baseline old/reports/predictions")
     p.add_argument("--arm", required=True, help="arm whose <arm>-s<seed>.csv predictions are compared")
     p.add_argument("--baseline", type=Path, required=True, help="folder with the earlier predictions")
-    p.add_argument("--candidate", type=Path, help="default: %(default)s")
+    p.add_argument("--candidate", type=Path, help="folder with the newer predictions (default: %(default)s)")
     p.add_argument("--baseline-arm", help="arm name of the baseline files (default: --arm)")
     p.add_argument("--out", type=Path, help="also write the verdicts as JSON here")
 
     p = add("ensemble", cmd_ensemble, "Combine the arms of each seed (BMA, tempered BMA, stacking, average; "
             "weights fitted on real val only), score them on test against the best single arm (chosen on val), "
-            "and register one combiner as a pyfunc version of mlflow.registered_model.")
+            "and register one combiner as a pyfunc version of mlflow.registered_model.",
+            example="dermagan ensemble --seeds 0 1 2")
     p.add_argument("--arms", nargs="+", help="member arms (default: params ensemble.arms, else every arm)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: params train.seeds)")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--models-dir", type=Path,
                    help="holds ARM-sSEED/model.pt from the train stage (default: %(default)s)")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--metrics", type=Path)
+    p.add_argument("--out", type=Path, help="tables and figures")
+    p.add_argument("--metrics", type=Path, help="every combiner's scores, a DVC metrics file")
     p.add_argument("--predictions-dir", type=Path,
                    help="per-image test predictions, ensemble_COMBINER-sSEED.csv (default: %(default)s)")
     p.add_argument("--external", type=Path,
                    help="prepare-external's folder: every combiner is also scored on each external test set "
                         "(weights unchanged) (default: %(default)s)")
 
+    p = add("report", cmd_report, "The pipeline's report from its own metrics and figures: reports/report.md and a "
+            "self-contained reports/report.html (arms, verdicts with CI and MDD, calibration, ensembles, fidelity), "
+            "the flat metrics/summary/*.json `dvc metrics show` lists and the CSVs of the top-level DVC plots. "
+            "With --readme: only rewrite README's results block (between its results markers) from the metrics.",
+            example="dermagan report --readme")
+    p.add_argument("--readme", type=Path, nargs="?", const=LAYOUT.readme, metavar="README",
+                   help=f"only rewrite the block between README's results markers (file default: {LAYOUT.readme}; "
+                        "default: off); reads --compare, --history-dir and, for an older compare.json, --metrics-dir")
+    for flag, what in (("--compare", "the compare stage's summary"), ("--ensemble", "the ensemble stage's metrics"),
+                       ("--metrics-dir", "every run's test metrics (ECE)"),
+                       ("--fidelity-dir", "METHOD.json of every gan.methods entry"),
+                       ("--history-dir", "per-epoch training histories"), ("--roc-dir", "every run's test ROC CSV"),
+                       ("--compare-dir", "the compare stage's figures"), ("--ensemble-dir", "the ensemble's figures"),
+                       ("--fidelity-plots", "METHOD/ folders of fidelity figures")):
+        p.add_argument(flag, type=Path, help=f"{what} (default: %(default)s)")
+    p.add_argument("--md", type=Path, help="the report in Markdown, figures linked (default: %(default)s)")
+    p.add_argument("--html", type=Path, help="the same report with its figures embedded: opens offline")
+    p.add_argument("--summary-dir", type=Path, help="one flat JSON per arm and ensemble combiner (DVC metrics)")
+    p.add_argument("--plots", type=Path, help="long CSVs of the top-level DVC plots")
+
     p = add("cv", cmd_cv, "Lesion-grouped K-fold evaluation of one arm on train+val (the test split is never "
             "read): per-fold and mean ± std balanced accuracy, report folder and MLflow runs (one parent, one "
             "nested run per fold). Arms with extra: null or oversample (copies drawn from each fold's training "
             "part); GAN and class-expert arms are refused (their models saw every fold's validation images). "
-            "A killed run resumes: finished folds are kept under CHECKPOINTS/cv/NAME and skipped.")
+            "A killed run resumes: finished folds are kept under CHECKPOINTS/cv/NAME and skipped.",
+            example="dermagan cv --arm effnet --folds 5 --max-folds 2")
     p.add_argument("--arm", required=True, help="arm name from params.yaml `arms`")
     p.add_argument("--folds", type=int, help="K (default: params cv.folds)")
     p.add_argument("--seed", type=int, help="fold assignment and training seed (default: params cv.seed)")
@@ -566,24 +652,36 @@ def _classifier_commands(add) -> None:
     p.add_argument("--checkpoints", type=Path,
                    help="resume files go to CHECKPOINTS/cv/NAME (default: %(default)s)")
     p.add_argument("--max-folds", type=int, help="train at most this many unfinished folds, then stop (run the "
-                   "same command again to continue); the report is written once all K are done")
+                   "same command again to continue); the report is written once all K are done (default: all)")
 
 
 def _model_commands(add) -> None:
     """Models: the registry, prediction, the MLflow UI."""
+    p = add("models", cmd_models, "List the versions of a registered model, newest first: arm, seed, validation "
+            "and test balanced accuracy (the version's tags), aliases (e.g. champion), kind (classifier, ensemble, "
+            "pickled-legacy, generator: read from each version's MLmodel file; no model is loaded) and when it was "
+            "registered. The tracking store is MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.",
+            needs_config=False, example="dermagan models --limit 10")
+    p.add_argument("--name", default="dermagan-classifier", help="registered model (default: %(default)s)")
+    p.add_argument("--all", action="store_true", help="every registered model, one table each (default: off: "
+                   "only --name)")
+    p.add_argument("--limit", type=int, help="at most this many versions per model, the newest (default: all)")
+
     p = add("promote", cmd_promote,
             "Move the `champion` alias to the evaluated version with the best validation balanced accuracy, "
-            "unless a paired bootstrap on the test split shows it worse than the current champion beyond the CI.")
+            "unless a paired bootstrap on the test split shows it worse than the current champion beyond the CI.",
+            example="dermagan promote --version 3")
     p.add_argument("--name", default="dermagan-classifier", help="registered model (default: %(default)s)")
     p.add_argument("--version", help="version to promote (default: the evaluated version with the highest val_bal_acc)")
-    p.add_argument("--force", action="store_true", help="skip the test-set gate against the current champion")
+    p.add_argument("--force", action="store_true", help="skip the test-set gate against the current champion "
+                   "(default: off: a candidate worse on test beyond the CI is refused)")
 
     p = add("predict", cmd_predict, "Classify one JPEG/PNG or every JPEG/PNG directly in a folder with a registered "
             "model; writes image_id, pred_dx, prob_<class>... Each entry not read (another suffix, a folder, a pipe "
             "or device, a broken link, an undecodable, oversized, too small, too thin or 16-bit image) is named on "
             "stderr; nothing readable is an error and no CSV. Ids are the file stems, full names where two share "
             "one (dup.jpg, dup.png); cells a spreadsheet would run as formulas (=, +, -, @) get a leading '.",
-            needs_config=False)
+            needs_config=False, example="dermagan predict photos/ --out predictions.csv")
     p.add_argument("images_dir", type=Path, metavar="INPUT", help="an image file or a folder of images")
     p.add_argument("--model", default="models:/dermagan-classifier@champion", help="model URI (default: %(default)s)")
     p.add_argument("--out", type=Path, help="the CSV to write")
@@ -602,7 +700,7 @@ def _model_commands(add) -> None:
             "Pillow. Checks parity with torch on real val (max |dp| <= 1e-4) and int8 against fp32 on real test "
             "(top-1 agreement; balanced accuracy and ECE with paired-bootstrap CIs, params evaluate); logs the ONNX "
             "files and parity.json to the version's MLflow run (onnx/) and tags the version. Ensembles are "
-            "refused. Not a pipeline stage.")
+            "refused. Not a pipeline stage.", example="dermagan export --model models:/dermagan-classifier/3")
     p.add_argument("--model", default="models:/dermagan-classifier@champion",
                    help="registered version: models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)")
     p.add_argument("--out", type=Path, help="bundle folder; replaces only an earlier bundle (default: "
@@ -612,26 +710,29 @@ def _model_commands(add) -> None:
     p.add_argument("--calibration-count", type=int, default=256,
                    help="train images calibrating int8, a sample seeded by params evaluate.seed (default: %(default)s)")
 
-    p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.", needs_config=False)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p = add("ui", cmd_ui, "Open the MLflow UI on the project's tracking store.", needs_config=False,
+            example="dermagan ui --port 5001")
+    p.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=5000, help="port the UI listens on (default: %(default)s)")
 
 
 def _study_commands(add) -> None:
     """Studies run on purpose: tuning and benchmarks."""
     p = add("tune", cmd_tune, "Optuna study of a target's hyperparameters on real-only validation scores "
             "(classifier: val balanced accuracy; gan: val recall of one class, with val balanced accuracy as a "
-            "constraint; search space: params.yaml tune.<target>.space); resumes an existing study.")
+            "constraint; search space: params.yaml tune.<target>.space); resumes an existing study.",
+            example="dermagan tune gan --class df --n-trials 20")
     p.add_argument("target", choices=["classifier", "gan"], help="what to tune")
     p.add_argument("--method", default="stgan", help="gan: the generator method whose per-class stage is tuned "
                    "(default: %(default)s)")
-    p.add_argument("--class", dest="dx", help="gan: the augmented class (e.g. df)")
+    p.add_argument("--class", dest="dx", help="gan: the augmented class, e.g. df (default: none; target gan needs it)")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes sharing the study (default: %(default)s)")
     p.add_argument("--worker-index", type=int, default=0,
                    help="first worker number (sampler seed = tune seed + worker); give commands started side by "
-                        "side on one study different indices, e.g. 0 and 2 with --workers 2 each")
+                        "side on one study different indices, e.g. 0 and 2 with --workers 2 each "
+                        "(default: %(default)s)")
     p.add_argument("--storage", help="Optuna storage: a journal file path or an RDB URL such as "
                    "postgresql+psycopg2://user:pw@host/db (default: tune.storage, else tune.dir/STUDY.journal)")
     p.add_argument("--study", help="study name (default: tune.<target>.study)")
@@ -642,41 +743,49 @@ def _study_commands(add) -> None:
     p.add_argument("--report", type=Path, help="summary, trials table and figures (default: runs/tune/TARGET)")
     p.set_defaults(apply_target=None)  # filled from params.yaml when --apply is given (checked before the study)
     p.add_argument("--apply", action="store_true", help="write the best values into the tuned-params file "
-                   "(params.yaml `tuned_params`; gan: `tuned_gan_params`)")
+                   "(params.yaml `tuned_params`; gan: `tuned_gan_params`) (default: off: they are only printed)")
 
     p = add("profile", cmd_profile, "Run a profile: params.yaml with the keys of profiles/NAME.yaml changed, as its "
             "own DVC project in profiles/NAME/ (own outputs, lock file and MLflow experiment; the default "
             "pipeline's are untouched). Profiles shipped: melanoma (seed 004's binary task), rosendahl (a "
-            "domain-shift test).", needs_config=False)
+            "domain-shift test).", needs_config=False, example="dermagan profile melanoma --dry-run")
     p.add_argument("name", help="the profile (profiles/NAME.yaml)")
     p.add_argument("targets", nargs="*", help="dvc stages to reproduce (default: compare ensemble, with every "
                    "stage they need)")
-    p.add_argument("--dry-run", action="store_true", help="write profiles/NAME/ and stop (then `dvc repro` there)")
+    p.add_argument("--dry-run", action="store_true", help="write profiles/NAME/ and stop, to `dvc repro` there "
+                   "later (default: off: write it and reproduce the targets now)")
 
     p = add("bench-train", cmd_bench_train, "Time the phases of an arm's training step (data, augment, forward, "
-            "backward, optimiser) against raw forward+backward of the same network.")
+            "backward, optimiser) against raw forward+backward of the same network.",
+            example="dermagan bench-train --arm effnet --steps 30")
     p.add_argument("--arm", default="effnet", help="arm whose recipe to time (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the fresh network and the batches (default: %(default)s)")
     p.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps (default: %(default)s)")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
 
     p = add("bench-gan", cmd_bench_gan,
             "STGAN throughput (images/s of D, G and whole steps against raw forward+backward of the same "
-            "networks) and, with --train-images, domain-space fidelity against images seen.")
+            "networks) and, with --train-images, domain-space fidelity against images seen.",
+            example="dermagan bench-gan --stage 2 --class df")
     p.add_argument("--stage", type=int, choices=[1, 2], default=1,
                    help="1: all train images, stage-1 settings; 2: one class (--class), stage-2 settings "
-                        "(timed on a fresh network: the speed does not depend on the weights)")
+                        "(timed on a fresh network: the speed does not depend on the weights) (default: %(default)s)")
     p.add_argument("--class", dest="dx", help="stage 2: the class (default: the first of gan.classes)")
-    p.add_argument("--discriminator", help="override gan.stgan.net.discriminator (projected | fastgan)")
-    p.add_argument("--feature-size", type=int, help="override gan.stgan.net.feature_size (projected D)")
+    p.add_argument("--discriminator", help="override gan.stgan.net.discriminator, projected | fastgan "
+                   "(default: the params value)")
+    p.add_argument("--feature-size", type=int, help="override gan.stgan.net.feature_size of the projected D "
+                   "(default: the params value)")
     p.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps (default: %(default)s)")
     p.add_argument("--train-images", type=int, default=0,
-                   help="then train a fresh network this long, scoring it every --eval-every images")
-    p.add_argument("--eval-every", type=int, default=4000)
-    p.add_argument("--samples", type=int, default=1000, help="generated images per curve point")
+                   help="then train a fresh network this long, scoring it every --eval-every images (default: "
+                        "%(default)s: time only)")
+    p.add_argument("--eval-every", type=int, default=4000, help="training images between two curve points "
+                   "(default: %(default)s)")
+    p.add_argument("--samples", type=int, default=1000, help="generated images per curve point (default: %(default)s)")
     p.add_argument("--base", type=Path, help="stage 2: start the curve's run from this stage-1 folder "
-                   "(e.g. artifacts/gan/stgan/base), as the train_stgan stage does")
+                   "(e.g. artifacts/gan/stgan/base), as the train_stgan stage does (default: none: a fresh network)")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--domain-encoder", type=Path)
     p.add_argument("--out", type=Path, help="write the figures (JSON) here; with --train-images the sample "
@@ -686,8 +795,9 @@ def _study_commands(add) -> None:
     p = add("bench-serve", cmd_bench_serve,
             "Load test of `mlflow models serve` for a registered classifier on 127.0.0.1: CLIENTS concurrent "
             "clients send REQUESTS requests, one real image each; p50/p95 latency, throughput, errors.",
-            needs_config=False)
-    p.add_argument("--model", default="models:/dermagan-classifier@champion", help="default: %(default)s")
+            needs_config=False, example="dermagan bench-serve --clients 8 --requests 500")
+    p.add_argument("--model", default="models:/dermagan-classifier@champion",
+                   help="registered classifier to serve (default: %(default)s)")
     p.add_argument("--images", type=Path, help="folder of JPEG/PNG images to send (default: the raw HAM10000 "
                                                "images)")
     p.add_argument("--count", type=int, default=32, help="distinct images, sorted by name (default: %(default)s)")
@@ -698,7 +808,8 @@ def _study_commands(add) -> None:
 
     p = add("bench-bundle", cmd_bench_bundle,
             "The export bundle in a fresh venv holding only onnxruntime, numpy and Pillow: cold start on one "
-            "image, a folder run, peak memory, size on disk (fp32 and int8).", needs_config=False)
+            "image, a folder run, peak memory, size on disk (fp32 and int8).", needs_config=False,
+            example="dermagan bench-bundle bundles/dermagan-classifier-v3")
     p.add_argument("bundle", type=Path, help="a folder written by `dermagan export`")
     p.add_argument("--images", type=Path, help="folder of images for the folder run (default: the raw HAM10000 "
                                                "images; use a small folder)")
@@ -709,8 +820,10 @@ def _study_commands(add) -> None:
             "Prediction speed of a registered classifier: torch eager vs ONNX Runtime fp32 vs int8 (calibrated on "
             "real train images) with 1 and 2 threads: single-image p50/p95 latency, throughput at one batch size, "
             "file size; and, for scale, a fresh tf_efficientnet_lite0 at 224 px (packaged ImageNet weights; its "
-            "int8 calibrated on synthetic images, for timing only). Writes JSON and a Markdown table.")
-    p.add_argument("--model", default="models:/dermagan-classifier@champion", help="default: %(default)s")
+            "int8 calibrated on synthetic images, for timing only). Writes JSON and a Markdown table.",
+            example="dermagan bench-predict --threads 1 2")
+    p.add_argument("--model", default="models:/dermagan-classifier@champion",
+                   help="registered classifier to time (default: %(default)s)")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="the figures as JSON; the Markdown table goes beside it (.md)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
@@ -719,16 +832,93 @@ def _study_commands(add) -> None:
                    help="timed single-image calls per engine, after 5 warm-up calls (default: %(default)s)")
     p.add_argument("--calibration-count", type=int, default=256, help="train images calibrating int8 "
                    "(default: %(default)s)")
-    p.add_argument("--no-reference", action="store_true", help="skip the 224 px EfficientNet-Lite0")
+    p.add_argument("--no-reference", action="store_true", help="skip the 224 px EfficientNet-Lite0 (default: off: "
+                   "it is timed too)")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions and option help to the terminal, but prints an ``example:`` epilog and any text with
+    line breaks (the top-level command list) as written, so an example stays one line to copy."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:") or "\n" in text:
+            return "\n".join(indent + line for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
+
+
+DESCRIPTION = ("dermagan: does GAN augmentation help rare skin-lesion classes? Every score is measured on real-only, "
+               "lesion-disjoint test images. Each command reads params.yaml once (plus the tuned files it names), "
+               "checks it, and fills unset paths from the project's one Layout.")
+
+# The top-level --help: (group, ((command, one-line summary), ...)) in workflow order, the one place that orders
+# and groups the commands. tests/test_cli_help.py checks that it lists every subcommand once and that its first
+# group is exactly the subcommands dvc.yaml runs.
+COMMAND_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("pipeline stages (`dvc repro` runs them, in this order; see dvc.yaml)", (
+        ("prepare", "resize raw HAM10000, split by lesion, write arrays + EDA"),
+        ("validate", "Great Expectations checks of the prepared splits"),
+        ("prepare-external", "check and resize the external test sets, if any"),
+        ("train-gan", "train DCGANs (one per class, or one conditional)"),
+        ("train-stgan", "STGAN: a FastGAN on all images, then one per class"),
+        ("train-cyclegan", "CycleGAN nv <-> one augmented class"),
+        ("domain-encoder", "train the feature encoder fidelity measures in"),
+        ("generate", "sample synthetic images from trained generators"),
+        ("dedup", "drop near-duplicate and memorised synthetic images"),
+        ("fidelity", "FID/KID and k-NN precision/recall per class"),
+        ("validate-augmented", "assemble and check one arm's extra training images"),
+        ("train", "train one classifier arm with one seed; register it"),
+        ("evaluate", "score one arm and seed on the real-only test split"),
+        ("ensemble", "combine the arms of each seed; register one combiner"),
+        ("compare", "every arm over its seeds: do GAN arms beat the rest?"),
+        ("report", "the results as Markdown + offline HTML, DVC metrics/plots"),
+    )),
+    ("studies (run on purpose, outside the pipeline)", (
+        ("calibrate-dedup", "hash distances that choose the dedup thresholds"),
+        ("tune", "Optuna study of classifier or GAN hyperparameters"),
+        ("cv", "lesion-grouped K-fold evaluation of one arm"),
+        ("compare-runs", "paired bootstrap: an arm against an earlier run of it"),
+        ("bench-train", "time the phases of a classifier training step"),
+        ("bench-gan", "STGAN throughput, and fidelity against images seen"),
+        ("bench-predict", "prediction speed: torch vs ONNX fp32 vs int8"),
+        ("bench-serve", "load test of `mlflow models serve`"),
+        ("bench-bundle", "the export bundle in a fresh venv: start, memory, size"),
+    )),
+    ("registry and serving", (
+        ("models", "list a registered model's versions, scores and aliases"),
+        ("promote", "move the champion alias, gated on the test split"),
+        ("predict", "classify image files with a registered model"),
+        ("export", "a registered classifier -> ONNX fp32/int8 bundle"),
+        ("ui", "open the MLflow UI on the project's tracking store"),
+    )),
+    ("tools", (
+        ("profile", "run the pipeline with a profile's params, apart"),
+    )),
+)
+
+
+def command_list(parsers: dict[str, argparse.ArgumentParser]) -> str:
+    """The top-level epilog: the commands by group, in ``COMMAND_GROUPS`` order, with their summaries. A command
+    missing from the table is listed last, under "other", so none is hidden (the test fails on it)."""
+    listed = {name for _, rows in COMMAND_GROUPS for name, _ in rows}
+    groups = [(title, [(n, s) for n, s in rows if n in parsers]) for title, rows in COMMAND_GROUPS]
+    groups.append(("other", [(n, (p.description or "")[:60]) for n, p in parsers.items() if n not in listed]))
+    width = max(map(len, parsers)) + 2
+    lines = []
+    for title, rows in groups:
+        if rows:
+            lines += ["", f"{title}:", *(f"  {name.ljust(width)}{summary}".rstrip() for name, summary in rows)]
+    footer = "`dermagan COMMAND --help` shows a command's options, their defaults and an example."
+    return "\n".join([*lines[1:], "", footer])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dermagan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(prog="dermagan", description=DESCRIPTION, formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of the commands below")
 
-    def add(name: str, func, help_text: str, needs_config: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, func, help_text: str, needs_config: bool = True,
+            example: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, description=help_text, epilog=example and f"example: {example}",
+                           formatter_class=HelpFormatter)
         p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
         p.set_defaults(func=func, needs_config=needs_config)
         return p
@@ -736,12 +926,19 @@ def build_parser() -> argparse.ArgumentParser:
     for group in (_data_commands, _generator_commands, _classifier_commands, _model_commands, _study_commands):
         group(add)  # subcommands in workflow order
     _document_defaults(sub)
+    parser.epilog = command_list(sub.choices)
     return parser
+
+
+# What a path option shared by many subcommands holds (its Layout default is added to it).
+SHARED_HELP = {"prepared": "the prepared splits, written by `dermagan prepare`",
+               "raw": "the raw HAM10000 folder (metadata.csv + images/)",
+               "domain_encoder": "folder written by `dermagan domain-encoder`"}
 
 
 def _document_defaults(sub: argparse._SubParsersAction) -> None:
     """Show each path option's Layout default in --help (``ARM``, ``SEED``, ``METHOD``, ``CLASS`` stand
-    for the values given on the command line)."""
+    for the values given on the command line); a shared option without help gets its ``SHARED_HELP``."""
     for command, parser in sub.choices.items():
         stand_in = argparse.Namespace(command=command, arm="ARM", seed="SEED", method="METHOD", dx="CLASS",
                                       stage="STAGE", target="TARGET")
@@ -752,6 +949,7 @@ def _document_defaults(sub: argparse._SubParsersAction) -> None:
             if action.dest not in defaults or action.default is not None:
                 continue
             text = str(defaults[action.dest])
+            action.help = action.help or SHARED_HELP.get(action.dest)
             if not action.help:
                 action.help = f"default: {text}"
             elif "%(default)s" in action.help:
@@ -785,6 +983,11 @@ def _layout_defaults(args: argparse.Namespace) -> dict:
                             "eval_dir": L.eval_plots("ARM", 0).parent},  # reports/eval
         "ensemble": lambda: {"models_dir": L.models, "out": L.ensemble, "metrics": L.ensemble_metrics,
                              "predictions_dir": L.ensemble_predictions, "external": L.external},
+        "report": lambda: {"compare": L.compare_summary, "ensemble": L.ensemble_metrics,
+                           "metrics_dir": L.run_metrics_dir, "fidelity_dir": L.fidelity_metrics_dir,
+                           "history_dir": L.histories, "roc_dir": L.roc_dir, "compare_dir": L.compare,
+                           "ensemble_dir": L.ensemble, "fidelity_plots": L.fidelity_plots_root, "md": L.report_md,
+                           "html": L.report_html, "summary_dir": L.summary_dir, "plots": L.report_plots},
         "train-gan": lambda: {"out": L.gan_dir(method)},
         "train-stgan": lambda: {"base": L.stgan_base,  # stage 2 without --class: cmd_train_stgan names the problem
                                 "out": L.stgan_base if args.stage == 1 else (L.gan_class_dir("stgan", dx) if dx else None)},
@@ -857,6 +1060,11 @@ COMMAND_PATHS: dict[str, dict[str, tuple]] = {
                 "files": ("summary",)},
     "ensemble": {"inputs": ("prepared", "models_dir", "external"), "dirs": ("out", "predictions_dir"),
                  "files": ("metrics",)},
+    "report": {"inputs": ("compare", "ensemble", "metrics_dir", "fidelity_dir", "history_dir", "roc_dir", "compare_dir",
+                          "ensemble_dir", "fidelity_plots", "readme"),  # --readme: edited between its markers only
+               "work": (("summary_dir", "--summary-dir", lambda a: a.readme is None),),  # its files: atomic_file each
+               "dirs": (("plots", "--plots", lambda a: a.readme is None),),
+               "files": (("md", "--md", lambda a: a.readme is None), ("html", "--html", lambda a: a.readme is None))},
     "train-gan": {"inputs": ("prepared",), "work": ("checkpoints",), "dirs": ("out",)},
     "train-stgan": {"inputs": ("prepared", ("base", "--base", lambda a: a.stage == 2)), "work": ("checkpoints",),
                     "dirs": ("out",)},

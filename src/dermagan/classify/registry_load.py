@@ -98,8 +98,11 @@ def load_registered(uri: str, dst: Path | None = None):
     temporary folder that is removed afterwards)."""
     import mlflow
 
+    from dermagan.tracking.registry import registered_version
+
     if Path(uri).is_dir():
         return load_model_folder(Path(uri))
+    registered_version(mlflow.MlflowClient(), uri)  # a models:/ URI naming nothing: say what exists, what to run
     with tempfile.TemporaryDirectory(prefix="dermagan-load-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst or tmp))
         return load_model_folder(Path(local))

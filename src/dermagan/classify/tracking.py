@@ -3,6 +3,11 @@
 The train stage logs the run's settings (:func:`log_train_settings`) and registers the model with
 its tags (:func:`log_and_register`); the evaluate stage adds the test metrics to that same run and
 tags the registered version with them (:func:`log_test_results`). Plain values in, no Config.
+
+The version keeps only what a reader of the registry needs (:data:`VERSION_TAGS`, plus ``test_bal_acc``
+and ``test_bal_acc_ci`` from evaluate, and what export and promote add); the recipe (backbone, augment,
+sampler, tta...) is the run's params, the fitted temperature a run tag, the best epoch and every other test
+figure (recall per class, macro F1, ECE, binary AUC...) the run's metrics (``best/epoch``, ``test/...``).
 """
 
 from __future__ import annotations
@@ -17,8 +22,17 @@ from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from dermagan.classify.pyfunc_model import log_classifier
+from dermagan.errors import DermaganError
 from dermagan.evaluate.report import flat_metrics
 from dermagan.tracking.setup import configure, flatten, standard_tags
+
+
+VERSION_TAGS = ("arm", "seed", "trained_on", "val_bal_acc")  # set at training; evaluate adds test_bal_acc(_ci)
+
+
+def trained_on(extra: str, n_extra: int) -> str:
+    """``real train + 1000 extra (stgan/dedup)``, or ``real train only``."""
+    return "real train" + (f" + {n_extra} extra ({extra})" if n_extra else " only")
 
 
 def log_train_settings(run_name: str, arm: str, settings: dict, recipe: dict, train_config, extra: str,
@@ -29,24 +43,22 @@ def log_train_settings(run_name: str, arm: str, settings: dict, recipe: dict, tr
     mlflow.set_tags(standard_tags("train", arm=arm, seed=train_config.seed, backbone=recipe["backbone"], extra=extra,
                                   dvc_stage=f"train@{run_name}", device=str(device),
                                   tuned_keys=",".join(tuned) or "none",
-                                  data="real train" + (f" + {n_extra} extra ({extra})" if n_extra else " only")
-                                  + "; real-only val"))
+                                  data=trained_on(extra, n_extra) + "; real-only val"))
     mlflow.log_params({**flatten(asdict(train_config)), **flatten(recipe, "recipe."), **flatten(settings, "arm."),
                        "image_size": image_size, "n_train": n_train, "n_extra": n_extra, "n_val": n_val})
 
 
-def log_and_register(model, registered_model: str, arm: str, seed: int, extra: str, recipe: dict, image_size: int,
-                     best_val_bal_acc: float, best_epoch: int, min_side: int) -> dict:
+def log_and_register(model, registered_model: str, arm: str, seed: int, extra: str, n_extra: int, recipe: dict,
+                     image_size: int, best_val_bal_acc: float, min_side: int) -> dict:
     """Log the model as the pickle-free classifier pyfunc (:mod:`dermagan.classify.pyfunc_model`) and
-    register it; tag the new version. Returns ``registered_model``, ``version`` and ``model_uri``."""
+    register it, in the active run; tag the new version with :data:`VERSION_TAGS` and the run with the
+    fitted ``temperature``. Returns ``registered_model``, ``version`` and ``model_uri``."""
+    mlflow.set_tag("temperature", f"{float(model.temperature):.4f}")
     info = log_classifier(model, recipe["backbone"], recipe["tta"], image_size, registered_model, min_side)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    tags = {"arm": arm, "seed": seed, "extra": extra,
-            "backbone": recipe["backbone"], "augment": recipe["augment"],
-            "class_weight_power": recipe["class_weight_power"], "sampler": recipe["sampler"],
-            "pretrained": recipe["pretrained"], "tta": recipe["tta"], "temperature": f"{float(model.temperature):.4f}",
-            "image_size": image_size, "val_bal_acc": f"{best_val_bal_acc:.4f}", "best_epoch": best_epoch}
+    tags = {"arm": arm, "seed": seed, "trained_on": trained_on(extra, n_extra),
+            "val_bal_acc": f"{best_val_bal_acc:.4f}"}
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, str(value))
     return {"registered_model": registered_model, "version": version,
@@ -56,7 +68,8 @@ def log_and_register(model, registered_model: str, arm: str, seed: int, extra: s
 def log_test_results(experiment: str, info: dict, report: dict, plots_dir: Path,
                      tables: dict[str, pd.DataFrame]) -> None:
     """Add test metrics, figures and tables to the training run ``info["run_id"]`` (a new run if that one is
-    not in this tracking store) and tag the registered version ``info["version"]`` with them."""
+    not in this tracking store) and tag the registered version ``info["version"]`` with the test balanced
+    accuracy and its CI (the rest stays on the run, as ``test/...`` metrics)."""
     configure(experiment)
     client = mlflow.MlflowClient()
     run_id = info["run_id"]
@@ -73,16 +86,8 @@ def log_test_results(experiment: str, info: dict, report: dict, plots_dir: Path,
     client.log_artifacts(run_id, str(plots_dir), "test")
     for name, table in tables.items():
         mlflow.log_table(table, f"test/{name}", run_id=run_id)
-    client = mlflow.MlflowClient()
     tags = {"test_bal_acc": f"{report['bal_acc']:.4f}",
-            "test_bal_acc_ci": f"[{report['bal_acc_ci_low']:.4f}, {report['bal_acc_ci_high']:.4f}]",
-            "test_macro_f1": f"{report['macro_f1']:.4f}",
-            **{f"test_recall_{c}": f"{v['recall']:.4f}" for c, v in report["per_class"].items()}}
-    if report.get("calibration", {}).get("ece") is not None:
-        tags["test_ece"] = f"{report['calibration']['ece']:.4f}"
-    for key in ("auc", "sensitivity", "specificity", "threshold"):  # binary tasks: test_auc, test_sensitivity...
-        if (report.get("binary") or {}).get(key) is not None:
-            tags[f"test_{key}"] = f"{report['binary'][key]:.4f}"
+            "test_bal_acc_ci": f"[{report['bal_acc_ci_low']:.4f}, {report['bal_acc_ci_high']:.4f}]"}
     try:
         for key, value in tags.items():
             client.set_model_version_tag(info["registered_model"], info["version"], key, value)
@@ -91,23 +96,40 @@ def log_test_results(experiment: str, info: dict, report: dict, plots_dir: Path,
 
 
 def log_model_card(info: dict, document: dict, dataset: dict, split: str) -> str:
-    """Render the version's model card (:mod:`dermagan.classify.model_card`) from its evaluate document
-    and registry tags; log it as ``model_card.md`` to the run and make it the version's description."""
+    """Render the version's model card (:mod:`dermagan.classify.model_card`) from its evaluate document;
+    log it as ``model_card.md`` to the run and make it the version's description.
+
+    What the model is comes from the version itself: backbone, TTA and image size from its MLmodel
+    metadata (:func:`dermagan.classify.pyfunc_model.log_classifier` writes them), the extra images from the
+    run's ``extra`` tag (else the version's ``trained_on``); versions registered before that kept them as
+    version tags, which are read when the metadata lacks them."""
     from dermagan.classify.model_card import render_model_card
 
     client = mlflow.MlflowClient()
     name, version = info["registered_model"], info["version"]
     try:
         tags = client.get_model_version(name, version).tags
-    except MlflowException as exc:
+        facts = {**tags, **registered_metadata(name, version)}
+        run_tags = client.get_run(info["run_id"]).data.tags
+    except (MlflowException, DermaganError) as exc:
         print(f"warning: no model card for {name} v{version}: {exc}")
         return ""
     report = document["test"]
     model = {"registered_model": name, "version": version, "arm": info.get("arm", tags.get("arm", "?")),
-             "extra": tags.get("extra"), "backbone": tags.get("backbone", "?"), "tta": tags.get("tta", "none"),
-             "image_size": tags.get("image_size", "?"), "classes": list(report["per_class"]),
+             "extra": run_tags.get("extra") or tags.get("extra") or tags.get("trained_on"),
+             "backbone": facts.get("backbone", "?"), "tta": facts.get("tta", "none"),
+             "image_size": facts.get("image_size", "?"), "classes": list(report["per_class"]),
              "run_id": info["run_id"]}
     card = render_model_card(document, model, dataset, split)
     client.log_text(info["run_id"], card, "model_card.md")
     client.update_model_version(name, version, description=card)
     return card
+
+
+def registered_metadata(name: str, version: str) -> dict:
+    """The MLmodel ``metadata`` of a registered version (only its MLmodel file is read): backbone, tta,
+    image_size, classes... for a classifier pyfunc; empty for a flavour without it."""
+    try:
+        return dict(mlflow.models.get_model_info(f"models:/{name}/{version}").metadata or {})
+    except (MlflowException, OSError) as exc:
+        raise DermaganError(f"{name} v{version}: cannot read its MLmodel file: {exc}") from exc

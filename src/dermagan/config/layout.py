@@ -167,6 +167,46 @@ class Layout:
     def ensemble_predictions(self) -> Path:
         return self._p("reports", "ensemble_predictions")
 
+    # the report (reads the metrics and figures above) ---------------------------------------------------------
+    @property
+    def fidelity_metrics_dir(self) -> Path:
+        return self.fidelity_metrics("METHOD").parent
+
+    @property
+    def fidelity_plots_root(self) -> Path:
+        return self.fidelity_plots("METHOD").parent
+
+    @property
+    def roc_dir(self) -> Path:
+        return self.roc("ARM", 0).parent
+
+    @property
+    def report_md(self) -> Path:
+        return self._p("reports", "report.md")
+
+    @property
+    def report_html(self) -> Path:
+        """The same report, self-contained (figures as data URIs): it opens offline."""
+        return self._p("reports", "report.html")
+
+    @property
+    def summary_dir(self) -> Path:
+        """Small flat metrics files, one per arm and ensemble combiner: what ``dvc metrics show`` lists."""
+        return self._p("metrics", "summary")
+
+    def summary_metrics(self, name: str) -> Path:
+        return self.summary_dir / f"{name}.json"
+
+    @property
+    def report_plots(self) -> Path:
+        """Long-format CSVs of the top-level DVC plots (all runs in one chart)."""
+        return self._p("reports", "plots")
+
+    @property
+    def readme(self) -> Path:
+        """The README whose results block ``dermagan report --readme`` rewrites."""
+        return self._p("README.md")
+
     # exported models (git-ignored; `dermagan export`, not a pipeline stage) ---------------------------------------
     @property
     def bundles(self) -> Path:

@@ -35,19 +35,19 @@ def resolve_version(client, uri: str):
     """The ``ModelVersion`` of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; clear errors otherwise."""
     from mlflow.exceptions import MlflowException
 
+    from dermagan.tracking.registry import registered_version
+
     body = uri.removeprefix("models:/") if uri.startswith("models:/") else None
     if not body or body.count("/") > 1 or ("@" in body and "/" in body):
         raise DermaganError(f"--model {uri}: export needs a registered version to log to and tag: "
                             "models:/NAME@ALIAS or models:/NAME/VERSION")
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        name, _, number = body.partition("/")
-        if not number:
-            raise DermaganError(f"--model {uri}: name a version or an alias (models:/{name}@champion, "
-                                f"models:/{name}/3)")
-        return client.get_model_version(name, number)
+    name, _, number = body.partition("/")
+    if "@" not in body and not number:
+        raise DermaganError(f"--model {uri}: name a version or an alias (models:/{name}@champion, "
+                            f"models:/{name}/3)")
+    try:  # a model, alias or version that is not registered: an error saying what is (and `dermagan promote`)
+        version = registered_version(client, uri)
+        return version if version is not None else client.get_model_version(name, number)
     except MlflowException as exc:
         raise DermaganError(f"--model {uri}: no such registered version ({exc.message})") from exc
 

@@ -28,6 +28,7 @@ from dermagan.evaluate.external import (EXTERNAL, external_set_names, load_sets,
 from dermagan.evaluate.plots import confusion_figure, roc_figure, roc_points, roc_table, save
 from dermagan.evaluate.report import (binary_report, calibration_report, evaluation_report, predictions_frame,
                                       reliability_rows)
+from dermagan.tracking.datasets import dataset_input, dataset_name, log_datasets
 from dermagan.tracking.setup import configure
 
 
@@ -49,6 +50,9 @@ def run_evaluate(cfg: Config, arm: str, seed: int, prepared: Path, model_dir: Pa
     threshold) into ``external.NAME`` of the metrics file (the structure of ``test``), its predictions
     into ``plots_dir/external/NAME.csv`` and its metrics into the MLflow run as ``external/NAME/...``.
     Without sets (or without ``external_dir``) nothing of this is written.
+
+    The run's MLflow dataset inputs gain the test split (context ``test``), a binary task's val split
+    (``validation``) and each external set (``external``): see :mod:`dermagan.tracking.datasets`.
     """
     settings, positive = cfg.evaluate, cfg.data.positive
     model, info = load_trained(model_dir)
@@ -65,8 +69,13 @@ def run_evaluate(cfg: Config, arm: str, seed: int, prepared: Path, model_dir: Pa
     val_proba = predict_proba(model, val.images, settings.batch_size, device) if val is not None else None
     temperature = float(getattr(model, "temperature", torch.tensor(1.0)))
     report, reliability = _split_report(cfg, test.labels, proba, classes, temperature, val, val_proba)
+    label = cfg.data.dataset.name  # the MLflow dataset inputs: test, val when it set a threshold, external sets
+    inputs = [dataset_input(dataset_name(label, "test"), test, classes, f"{prepared}/test.npz", "test")]
+    if val is not None:
+        inputs.append(dataset_input(dataset_name(label, "val"), val, classes, f"{prepared}/val.npz", "validation"))
     external, external_predictions = {}, {}
     for name, arrays in load_sets(external_dir, names).items():
+        inputs.append(dataset_input(name, arrays, classes, f"{external_dir}/{name}.npz", "external"))
         external_proba = predict_proba(model, arrays.images, settings.batch_size, device)
         external[name] = _split_report(cfg, arrays.labels, external_proba, classes, temperature, val, val_proba)[0]
         external_predictions[name] = predictions_frame(arrays.image_ids, arrays.labels, external_proba, classes,
@@ -94,8 +103,9 @@ def run_evaluate(cfg: Config, arm: str, seed: int, prepared: Path, model_dir: Pa
         kind = f"positive class {positive}" if positive is not None else "one-vs-rest"
         save(roc_figure(points, aucs, f"{title}: test ROC ({kind})"), tmp / "roc.png")
         tmp_json.write_text(json.dumps(document, indent=2))
-        if external:  # the run to log into, made first if missing, so that test and external share it
-            info = {**info, "run_id": tracked_run_id(cfg.mlflow.experiment, info)}
+        # The run to log into, made first if missing, so that test, external sets and the card share it.
+        info = {**info, "run_id": tracked_run_id(cfg.mlflow.experiment, info)}
+        log_datasets(inputs, info["run_id"])
         log_test_results(cfg.mlflow.experiment, info, report, tmp,
                          {"roc_points.json": points, "predictions.json": predictions})
         for name, frame in external_predictions.items():  # after log_test_results: not under its test/ artifacts
@@ -104,7 +114,7 @@ def run_evaluate(cfg: Config, arm: str, seed: int, prepared: Path, model_dir: Pa
             frame.to_csv(path, index=False)
         if external:
             log_external_results(info["run_id"], external, tmp / EXTERNAL)
-        log_model_card({**info, "run_id": tracked_run_id(cfg.mlflow.experiment, info)}, document,
+        log_model_card(info, document,
                        cfg.data.dataset.model_dump(), split_description(
             cfg.prepare.split.by, cfg.prepare.split.test_sources, cfg.prepare.val_fraction, cfg.prepare.test_fraction,
             cfg.prepare.seed))

@@ -19,6 +19,7 @@ from dermagan.data.prepared import read_split
 from dermagan.data.trainset import parse_extra, training_set
 from dermagan.device import pick_device
 from dermagan.evaluate.plots import history_figure
+from dermagan.tracking.datasets import log_datasets, training_inputs
 from dermagan.tracking.setup import configure
 
 
@@ -46,6 +47,8 @@ def run_train(cfg: Config, arm: str, seed: int, prepared: Path, trainset_dir: Pa
         if not resumed:
             log_train_settings(name, arm, settings, recipe, tc, extra, image_size, cfg.tuned.keys, device,
                                len(train), n_extra, len(val))
+        log_datasets(training_inputs(cfg.data.dataset.name, cfg.classes, train, n_extra, extra, val, str(prepared),
+                                     trainset_dir and str(trainset_dir)))  # idempotent: a resumed run logs again
         result = fit(trainer, val, checkpoint, on_epoch=lambda e, m: mlflow.log_metrics(m, step=e),
                      extra={"run_id": run.info.run_id})
         history = pd.DataFrame(result.history)
@@ -55,9 +58,8 @@ def run_train(cfg: Config, arm: str, seed: int, prepared: Path, trainset_dir: Pa
             mlflow.log_metrics({f"calibration/{k}": v for k, v in calibration.items()})
         mlflow.log_figure(history_figure(history, f"{arm}: training curves"), "figures/training_curves.png")
         mlflow.log_table(history, "history.json")
-        registered = log_and_register(result.model.cpu(), cfg.mlflow.registered_model, arm, tc.seed, extra, recipe,
-                                      image_size, result.best_val_bal_acc, result.best_epoch,
-                                      cfg.prepare.min_image_side)
+        registered = log_and_register(result.model.cpu(), cfg.mlflow.registered_model, arm, tc.seed, extra, n_extra,
+                                      recipe, image_size, result.best_val_bal_acc, cfg.prepare.min_image_side)
     info = {"run_id": run.info.run_id, "experiment": experiment, "arm": arm, "seed": tc.seed, **registered,
             "best_epoch": result.best_epoch, "best_val_bal_acc": result.best_val_bal_acc}
     with atomic_dir(Path(out_dir)) as tmp, atomic_file(Path(history_csv)) as tmp_csv:

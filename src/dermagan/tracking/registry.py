@@ -6,6 +6,9 @@ The candidate then has to be not worse than the current champion on the test spl
 bootstrap over test images (the compare stage's functions) of the balanced-accuracy difference
 (candidate − champion), using the per-image predictions the evaluate stage logged to each
 version's run as ``test/predictions.json``. Promotion is refused only when the whole CI is below 0.
+
+Also here: what the registry holds (``dermagan models``: :func:`version_rows`, :func:`format_versions`) and
+:func:`registered_version`, which turns a ``models:/`` URI naming nothing into an error that says what exists.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import mlflow
@@ -241,3 +245,111 @@ def promote(client: MlflowClient, name: str, version: str | None = None, force: 
     client.set_model_version_tag(name, version, "promoted_over", previous or "none")
     client.set_model_version_tag(name, version, "promotion_gate", gate_tag)
     return decision(True, message, gate)
+
+
+# --- what the registry holds: `dermagan models`, and clear errors for a URI naming nothing ------------------
+
+CLASSIFIER_MODEL = "dermagan-classifier"
+NO_MODELS_HINT = "run the pipeline (`dvc repro`) to train and register models"
+VERSION_COLUMNS = ("version", "arm", "seed", "val_bal_acc", "test_bal_acc", "aliases", "kind", "created")
+
+
+def registered_model_names(client: MlflowClient) -> list[str]:
+    """Every registered model's name, sorted (all result pages)."""
+    names, token = [], None
+    while True:
+        page = client.search_registered_models(page_token=token)
+        names += [m.name for m in page]
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
+def registered_model(client: MlflowClient, name: str):
+    """``client.get_registered_model`` with a DermaganError naming the models there are when ``name`` is not one."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = registered_model_names(client)
+        there = f"registered models: {', '.join(names)}" if names else "no model is registered there yet"
+        raise DermaganError(f"no registered model '{name}' in {mlflow.get_tracking_uri()} ({there}); "
+                            f"{NO_MODELS_HINT}") from exc
+
+
+def _models_command(name: str) -> str:
+    return "dermagan models" + ("" if name == CLASSIFIER_MODEL else f" --name {name}")
+
+
+def registered_version(client: MlflowClient, uri: str):
+    """The ``ModelVersion`` that ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names; None for any other
+    URI (``runs:/...``, a folder, ``models:/NAME/latest``), which MLflow resolves itself.
+
+    A model, alias or version that is not registered raises DermaganError saying what there is and what to run
+    (``dermagan promote`` for a missing alias), instead of MLflow's bare "not found".
+    """
+    body = uri.removeprefix("models:/") if uri.startswith("models:/") else ""
+    if "@" in body and "/" not in body:
+        name, alias = body.split("@", 1)
+        aliases = dict(getattr(registered_model(client, name), "aliases", None) or {})
+        if alias not in aliases:
+            listed = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items()))
+            others = f" (its aliases: {listed})" if aliases else ""
+            raise DermaganError(f"{uri}: no version has the alias '{alias}'{others}; run `dermagan promote` (or pass "
+                                f"--model models:/{name}/VERSION; `{_models_command(name)}` lists them)")
+        return model_version(client, name, str(aliases[alias]))
+    name, _, version = body.partition("/")
+    if name and version.isascii() and version.isdigit():
+        registered_model(client, name)
+        return model_version(client, name, version)
+    return None
+
+
+def model_kind(uri: str, tags: dict) -> str:
+    """``classifier`` or ``ensemble`` (MLmodel ``metadata.kind``), ``pickled-legacy`` for an ``mlflow.pytorch``
+    classifier (``dermagan predict`` refuses it), ``generator`` for a (pickled) GAN generator, else ``other``.
+    Reads only the version's MLmodel file (``mlflow.models.get_model_info``); nothing is loaded."""
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except Exception:  # noqa: BLE001 - a missing or unreadable MLmodel must not stop the listing
+        return "unreadable"
+    kind = (info.metadata or {}).get("kind")
+    if kind:
+        return str(kind)
+    if "pytorch" in (info.flavors or {}):
+        return "generator" if "method" in tags else "pickled-legacy"
+    return "other"
+
+
+def version_rows(client: MlflowClient, name: str, limit: int | None = None) -> list[dict]:
+    """The versions of registered model ``name``, newest first (at most ``limit``): one dict per version with
+    ``VERSION_COLUMNS`` (score tags as written, None when missing; ``arm`` falls back to a generator's
+    ``method`` tag; ``created`` in local time, YYYY-MM-DD HH:MM)."""
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (getattr(registered_model(client, name), "aliases", None) or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    versions = sorted(client.search_model_versions(f"name='{name}'"),
+                      key=lambda v: (v.creation_timestamp or 0, int(v.version)), reverse=True)
+    rows = []
+    for v in versions[:limit]:
+        tags = dict(v.tags or {})
+        created = datetime.fromtimestamp(v.creation_timestamp / 1000) if v.creation_timestamp else None
+        rows.append({"name": name, "version": int(v.version), "arm": tags.get("arm") or tags.get("method"),
+                     "seed": tags.get("seed"), "val_bal_acc": tags.get(SELECTION_TAG),
+                     "test_bal_acc": tags.get(TEST_TAG), "aliases": sorted(by_version.get(str(v.version), [])),
+                     "kind": model_kind(f"models:/{name}/{v.version}", tags),
+                     "created": created.strftime("%Y-%m-%d %H:%M") if created else None})
+    return rows
+
+
+def format_versions(name: str, rows: list[dict], limited: bool = False) -> str:
+    """A title line and ``rows`` (from :func:`version_rows`) as a plain table aligned in columns ('-': no value)."""
+    if not rows:
+        return f"{name}: no versions"
+    cells = [[",".join(r[c]) if isinstance(r[c], list) else str(r[c]) for c in VERSION_COLUMNS] for r in rows]
+    cells = [[value if value not in ("", "None") else "-" for value in line] for line in cells]
+    widths = [max(len(text) for text in column) for column in zip(VERSION_COLUMNS, *cells)]
+    lines = ["  ".join(text.ljust(w) for text, w in zip(line, widths)).rstrip() for line in [VERSION_COLUMNS, *cells]]
+    title = f"{name}: {'the ' if limited else ''}{len(rows)} {'newest ' if limited else ''}version(s), newest first"
+    return "\n".join([title, *lines])

@@ -12,6 +12,11 @@ from mlflow.exceptions import MlflowException
 from dermagan.errors import DermaganError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+# The experiment tag MLflow 3's UI reads to choose an experiment's views. Untagged, it may open an
+# experiment on the GenAI overview (traces, token usage); "custom_model_development" ("Machine
+# learning" in the UI's type selector, one of the two it offers) opens the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # URI schemes MLflow 3 has tracking and registry stores for ('' is a plain local path: the file store).
 SUPPORTED_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
                      "databricks-uc", "uc")
@@ -81,7 +86,9 @@ def configure(experiment: str) -> str:
     """Point MLflow at the tracking store and experiment; return the experiment id.
 
     With a sqlite URI MLflow puts artifacts under ``./mlruns/<experiment id>/``. A URI or store
-    MLflow cannot open raises DermaganError naming it (see ``check_tracking_uri``).
+    MLflow cannot open raises DermaganError naming it (see ``check_tracking_uri``). An experiment
+    without the ``mlflow.experimentKind`` tag (new, or made before this) gets :data:`EXPERIMENT_KIND`,
+    so the UI opens it on its runs; a kind already set (e.g. chosen in the UI) is left as it is.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -94,7 +101,10 @@ def configure(experiment: str) -> str:
             raise DermaganError(f"MLflow tracking database {path}: cannot create its folder: {exc}") from exc
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.set_experiment(experiment).experiment_id
+        found = mlflow.set_experiment(experiment)
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return found.experiment_id
     except (SQLAlchemyError, MlflowException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DermaganError(f"cannot open MLflow tracking store '{uri}' (experiment '{experiment}'): "
