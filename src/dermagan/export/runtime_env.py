@@ -63,17 +63,26 @@ def folder_bytes(folder: Path) -> int:
 
 
 PEAK_MARK = "DERMAGAN_PEAK_RSS_KIB="
-# Runs predict.py as __main__ and reports the process's own peak RSS on the way out (sys.exit included).
+# Runs predict.py as __main__ and reports the process's own peak RSS on the way out (sys.exit included):
+# VmHWM from /proc (it belongs to the new program; ru_maxrss can carry the parent's peak over a vfork+exec),
+# else ru_maxrss.
 _WRAPPER = ("import atexit, resource, runpy, sys\n"
-            "atexit.register(lambda: sys.stderr.write('\\n" + PEAK_MARK + "%d\\n' % "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+            "def _peak():\n"
+            "    try:\n"
+            "        for line in open('/proc/self/status'):\n"
+            "            if line.startswith('VmHWM:'):\n"
+            "                return int(line.split()[1])\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "atexit.register(lambda: sys.stderr.write('\\n" + PEAK_MARK + "%d\\n' % _peak()))\n"
             "script = sys.argv[1]\nsys.argv = sys.argv[1:]\nrunpy.run_path(script, run_name='__main__')\n")
 
 
 def run_bundle(python: Path, bundle: Path, target: Path, out: Path, *extra: str, timeout_s: float = 600) -> dict:
     """Run the bundle's ``predict.py target --out out`` in ``python -I`` and measure it: wall seconds
     from process start to exit (on one image: the cold start to the first prediction) and the
-    process's peak RSS (MiB, Linux ``ru_maxrss``)."""
+    process's peak RSS (MiB: Linux ``VmHWM``, else ``ru_maxrss``)."""
     start = time.perf_counter()
     done = subprocess.run([str(python), "-I", "-c", _WRAPPER, str(Path(bundle) / "predict.py"), str(target),
                            "--out", str(out), *extra], capture_output=True, text=True, timeout=timeout_s)
