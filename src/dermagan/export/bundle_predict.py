@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # leave the bundle folder as shipped (no __pycache__ beside the models)
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import preprocess  # noqa: E402  (the bundle's copy of dermagan/classify/preprocess.py)
