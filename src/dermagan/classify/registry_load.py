@@ -13,22 +13,18 @@ loading one must not execute it:
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
 import yaml
 
 from dermagan.classify.artifact import MODEL_FILE, load_weights_file
+from dermagan.data.external import file_sha256
 from dermagan.errors import DermaganError
 
 PICKLE_REFUSAL = ("it stores a pickled Python object, and unpickling runs whatever code the file carries; "
                   "dermagan loads only weights files (torch.load(weights_only=True)). Re-train it with this "
                   "version of dermagan (`dvc repro`), or export it where it was made (`dermagan export`)")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_mlmodel(folder: Path) -> dict:
@@ -57,7 +53,7 @@ def check_code_file(folder: Path, mlmodel: dict, expected: Path) -> None:
     if found is None or not found.is_file():
         raise DermaganError(f"{folder}: the model is not a models-from-code pyfunc (no model_code_path); "
                             f"refused because {PICKLE_REFUSAL}")
-    if _sha256(found) != _sha256(expected):
+    if file_sha256(found) != file_sha256(expected):
         raise DermaganError(f"{found}: this model's code differs from the {expected.name} installed with dermagan; "
                             "refused, since loading it would run that code. Load models only from sources you "
                             "trust, and re-log them with this version of dermagan")

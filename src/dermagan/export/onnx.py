@@ -12,7 +12,6 @@ TF "same" padding the pads are folded in for the export size, so the graph is va
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from dermagan.classify.inference import predict_proba
 from dermagan.classify.models import NormalizedClassifier
+from dermagan.data.external import file_sha256
 from dermagan.errors import DermaganError
 
 INPUT_NAME, OUTPUT_NAME = "image", "probs"
@@ -55,17 +55,9 @@ def exportable_kind(model: nn.Module) -> str:
                         "member")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_facts(path: Path) -> dict:
     """``{"bytes": size, "sha256": hex}`` of a file."""
-    return {"bytes": Path(path).stat().st_size, "sha256": sha256(path)}
+    return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
 
 
 def export_onnx(model: nn.Module, path: Path, opset: int = DEFAULT_OPSET) -> dict:
