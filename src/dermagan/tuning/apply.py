@@ -96,7 +96,7 @@ def apply_gan(params_path: Path, tuned_file: str | None, classes: list[str], sum
     lines = [f"# Tuned GAN values: written by `dermagan tune gan --apply` (last: class {dx}, {stamp}). "
              "Do not edit by hand; re-tune.",
              "# gan.stgan_tuned.<class>: STGAN stage-2 settings; gan.amount_tuned.<method>.<class>: synthetic images added.",
-             "# Objective: real-only val recall of the class (classifier probe, see README \"GAN tuning\");",
+             "# Objective: real-only val recall of the class (classifier probe, docs/tuning.md \"GAN tuning\");",
              "# constraint: val balanced accuracy >= the no-synthetic reference - tune.gan.tolerance.",
              "gan:", f"  {STGAN_TUNED_BLOCK}:"]
     lines += [f"    {c}: {flow(v)}" for c, v in sorted(tuned.items())]
