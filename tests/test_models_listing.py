@@ -132,3 +132,24 @@ def test_a_uri_naming_no_registered_model_or_version_says_what_exists(registry):
         resolve_version(registry, f"models:/{NAME}/9")
     assert str(registered_version(registry, f"models:/{NAME}/2").version) == "2"
     assert registered_version(registry, "runs:/abc/model") is None  # MLflow resolves the rest itself
+
+
+def test_the_registered_model_defaults_to_the_params_files_name(registry, tmp_path, capsys):
+    """Without --name/--model, models, promote's target and predict take mlflow.registered_model from --params
+    (a profile's own model via profiles/NAME/params.yaml); with no params file, dermagan-classifier."""
+    repo = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["mlflow"]["registered_model"] = NAME
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "own" / "params").mkdir()
+    for key in ("tuned_params", "tuned_gan_params"):
+        (tmp_path / "own" / params[key]).write_text((repo / params[key]).read_text())
+    assert main(["models", "--params", "own/params.yaml"]) == 0
+    assert capsys.readouterr().out.startswith(f"{NAME}: 3 version(s)")
+    image = tmp_path / "a.png"
+    Image.fromarray(textured_image(np.random.default_rng(0), 32, 32)).save(image)
+    assert main(["predict", str(image), "--params", "own/params.yaml", "--out", str(tmp_path / "p.csv")]) == 0
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "image_id,pred_dx,prob_a,prob_b"
+    assert main(["models"]) == 2  # no params.yaml here: the default name, which this store lacks
+    assert "no registered model 'dermagan-classifier'" in capsys.readouterr().err

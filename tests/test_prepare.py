@@ -150,3 +150,14 @@ def test_empty_age_is_accepted_and_ages_are_float(ham_folder):
     edit_metadata(ham_folder, lambda f: f.loc.__setitem__((9, "age"), None))
     frame = read_metadata(ham_folder / "metadata.csv", HAM10000_CLASSES)
     assert frame["age"].dtype == float and frame["age"].isna().sum() == 1
+
+
+def test_max_lesions_per_class_prepares_a_lesion_grouped_subset(ham_folder, tmp_path):
+    from dataclasses import replace
+
+    summary = prepare_dataset(ham_folder, tmp_path / "prepared", tmp_path / "eda",
+                              replace(CONFIG, max_lesions_per_class=5))
+    table = read_split_table(tmp_path / "prepared")
+    assert table.drop_duplicates("lesion_id")["dx"].value_counts().max() <= 5
+    assert table.groupby("lesion_id")["split"].nunique().max() == 1
+    assert sum(summary[s]["images"] for s in ("train", "val", "test")) == len(table) < 84

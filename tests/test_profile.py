@@ -49,7 +49,8 @@ def project(tmp_path: Path, overlay: dict) -> Path:
     return root
 
 
-OWN = {"mlflow": {"experiment": "mine", "registered_model": "mine-classifier"}, "gan": {"experiment": "mine-gan"},
+OWN = {"mlflow": {"experiment": "mine", "registered_model": "mine-classifier"}, "gan": {"experiment": "mine-gan",
+                                                                                      "registered_model": "mine-gen"},
        "data": {"classes": ["a", "b"], "positive": "b", "label_map": {}}, "gan_classes": None}
 
 
@@ -88,6 +89,23 @@ def test_profile_needs_its_own_experiment(tmp_path: Path, monkeypatch: pytest.Mo
     assert main(["profile", "mine", "--dry-run"]) == 2
     assert "mlflow.experiment" in capsys.readouterr().err
     assert not Path("profiles/mine").exists()
+    overlay = own_overlay()
+    overlay["gan"] = {**overlay["gan"], "registered_model": "dermagan-generator"}  # generators may not mix either
+    monkeypatch.chdir(project(tmp_path / "again", overlay))
+    assert main(["profile", "mine", "--dry-run"]) == 2
+    assert "gan.registered_model" in capsys.readouterr().err
+    assert not Path("profiles/mine").exists()
+
+
+def test_untuned_gan_profile_writes_empty_tuned_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import yaml
+
+    monkeypatch.chdir(project(tmp_path, own_overlay(tuned_gan_params=None)))
+    assert main(["profile", "mine", "--dry-run"]) == 0
+    written = Path("profiles/mine/params/tuned_gan.yaml")
+    assert not written.is_symlink()  # the project's own tuned file is never linked (or written) here
+    assert yaml.safe_load(written.read_text())["gan"]["stgan_tuned"] == {"b": {}}
+    assert yaml.safe_load(Path("profiles/mine/params.yaml").read_text())["tuned_gan_params"] is None
 
 
 def test_unknown_profile_and_bad_overlay_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):

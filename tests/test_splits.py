@@ -44,3 +44,17 @@ def test_seeded_and_seed_sensitive():
 def test_bad_fractions(val, test):
     with pytest.raises(DermaganError, match="val_fraction"):
         grouped_split(frame_with_repeated_lesions(50), val, test, 0)
+
+
+def test_lesion_subset_caps_each_class_keeps_whole_lesions_and_is_seeded():
+    from dermagan.data.splits import subsample_lesions
+
+    frame = frame_with_repeated_lesions()
+    kept = subsample_lesions(frame, 20, seed=0)
+    lesions = kept.drop_duplicates("lesion_id")["dx"].value_counts()
+    full = frame.drop_duplicates("lesion_id")["dx"].value_counts()
+    assert all(lesions[c] == min(20, full[c]) for c in full.index)  # at most 20 lesions per class, all when fewer
+    for lesion, rows in kept.groupby("lesion_id"):  # every image of a kept lesion stays
+        assert len(rows) == (frame["lesion_id"] == lesion).sum()
+    assert kept.equals(subsample_lesions(frame, 20, seed=0))
+    assert not kept.equals(subsample_lesions(frame, 20, seed=1))

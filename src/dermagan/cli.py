@@ -136,7 +136,7 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
     results = run_train_gan(args.config, args.method, args.prepared, args.out, args.checkpoints)
     for name, info in results.items():
         print(f"{args.method} {name}: {info['images_seen']} images seen in {info['wall_seconds']:.0f} s; "
-              f"registered dermagan-generator v{info['version']}")
+              f"registered {info['registered_model']} v{info['version']}")
 
 
 def cmd_train_stgan(args: argparse.Namespace) -> None:
@@ -150,7 +150,7 @@ def cmd_train_stgan(args: argparse.Namespace) -> None:
     else:
         info = run_stgan_class(params, args.dx, args.prepared, args.base, args.out, args.checkpoints)
     print(f"stgan stage {args.stage} {args.dx or 'all classes'}: {info['images_seen']} images seen in "
-          f"{info['wall_seconds']:.0f} s; registered dermagan-generator v{info['version']}")
+          f"{info['wall_seconds']:.0f} s; registered {info['registered_model']} v{info['version']}")
 
 
 def cmd_train_cyclegan(args: argparse.Namespace) -> None:
@@ -158,7 +158,7 @@ def cmd_train_cyclegan(args: argparse.Namespace) -> None:
 
     info = run_train_cyclegan(args.config, args.dx, args.prepared, args.out, args.checkpoints, args.variant)
     print(f"cyclegan {info['translation']}: {info['images_seen']} images seen in {info['wall_seconds']:.0f} s; "
-          f"registered dermagan-generator v{info['version']}")
+          f"registered {info['registered_model']} v{info['version']}")
 
 
 def cmd_domain_encoder(args: argparse.Namespace) -> None:
@@ -662,7 +662,7 @@ def _model_commands(add) -> None:
             "pickled-legacy, generator: read from each version's MLmodel file; no model is loaded) and when it was "
             "registered. The tracking store is MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.",
             needs_config=False, example="dermagan models --limit 10")
-    p.add_argument("--name", default="dermagan-classifier", help="registered model (default: %(default)s)")
+    p.add_argument("--name", help=f"registered model (default: {MODEL_DEFAULT_HELP})")
     p.add_argument("--all", action="store_true", help="every registered model, one table each (default: off: "
                    "only --name)")
     p.add_argument("--limit", type=int, help="at most this many versions per model, the newest (default: all)")
@@ -671,7 +671,7 @@ def _model_commands(add) -> None:
             "Move the `champion` alias to the evaluated version with the best validation balanced accuracy, "
             "unless a paired bootstrap on the test split shows it worse than the current champion beyond the CI.",
             example="dermagan promote --version 3")
-    p.add_argument("--name", default="dermagan-classifier", help="registered model (default: %(default)s)")
+    p.add_argument("--name", help=f"registered model (default: {MODEL_DEFAULT_HELP})")
     p.add_argument("--version", help="version to promote (default: the evaluated version with the highest val_bal_acc)")
     p.add_argument("--force", action="store_true", help="skip the test-set gate against the current champion "
                    "(default: off: a candidate worse on test beyond the CI is refused)")
@@ -683,7 +683,7 @@ def _model_commands(add) -> None:
             "one (dup.jpg, dup.png); cells a spreadsheet would run as formulas (=, +, -, @) get a leading '.",
             needs_config=False, example="dermagan predict photos/ --out predictions.csv")
     p.add_argument("images_dir", type=Path, metavar="INPUT", help="an image file or a folder of images")
-    p.add_argument("--model", default="models:/dermagan-classifier@champion", help="model URI (default: %(default)s)")
+    p.add_argument("--model", help=f"model URI (default: models:/NAME@champion, NAME = {MODEL_DEFAULT_HELP})")
     p.add_argument("--out", type=Path, help="the CSV to write")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where a pytorch model runs; auto = CUDA when available (default: %(default)s; an "
@@ -701,8 +701,8 @@ def _model_commands(add) -> None:
             "(top-1 agreement; balanced accuracy and ECE with paired-bootstrap CIs, params evaluate); logs the ONNX "
             "files and parity.json to the version's MLflow run (onnx/) and tags the version. Ensembles are "
             "refused. Not a pipeline stage.", example="dermagan export --model models:/dermagan-classifier/3")
-    p.add_argument("--model", default="models:/dermagan-classifier@champion",
-                   help="registered version: models:/NAME@ALIAS or models:/NAME/VERSION (default: %(default)s)")
+    p.add_argument("--model", help="registered version: models:/NAME@ALIAS or models:/NAME/VERSION (default: "
+                   f"models:/NAME@champion, NAME = {MODEL_DEFAULT_HELP})")
     p.add_argument("--out", type=Path, help="bundle folder; replaces only an earlier bundle (default: "
                    "bundles/NAME-vVERSION of the resolved version)")
     p.add_argument("--prepared", type=Path, help="the prepared folder the model was trained on: val for parity, "
@@ -796,8 +796,8 @@ def _study_commands(add) -> None:
             "Load test of `mlflow models serve` for a registered classifier on 127.0.0.1: CLIENTS concurrent "
             "clients send REQUESTS requests, one real image each; p50/p95 latency, throughput, errors.",
             needs_config=False, example="dermagan bench-serve --clients 8 --requests 500")
-    p.add_argument("--model", default="models:/dermagan-classifier@champion",
-                   help="registered classifier to serve (default: %(default)s)")
+    p.add_argument("--model", help=f"registered classifier to serve (default: models:/NAME@champion, NAME = "
+                   f"{MODEL_DEFAULT_HELP})")
     p.add_argument("--images", type=Path, help="folder of JPEG/PNG images to send (default: the raw HAM10000 "
                                                "images)")
     p.add_argument("--count", type=int, default=32, help="distinct images, sorted by name (default: %(default)s)")
@@ -822,8 +822,8 @@ def _study_commands(add) -> None:
             "file size; and, for scale, a fresh tf_efficientnet_lite0 at 224 px (packaged ImageNet weights; its "
             "int8 calibrated on synthetic images, for timing only). Writes JSON and a Markdown table.",
             example="dermagan bench-predict --threads 1 2")
-    p.add_argument("--model", default="models:/dermagan-classifier@champion",
-                   help="registered classifier to time (default: %(default)s)")
+    p.add_argument("--model", help=f"registered classifier to time (default: models:/NAME@champion, NAME = "
+                   f"{MODEL_DEFAULT_HELP})")
     p.add_argument("--prepared", type=Path)
     p.add_argument("--out", type=Path, help="the figures as JSON; the Markdown table goes beside it (.md)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
@@ -1031,8 +1031,28 @@ def _apply_target(args: argparse.Namespace) -> Path | str | None:
     return Path(args.params).parent / name if (args.apply and name) else None
 
 
+MODEL_DEFAULT_HELP = "the params file's mlflow.registered_model, dermagan-classifier in params.yaml"
+MODEL_COMMANDS = ("models", "promote", "predict", "export", "bench-serve", "bench-predict")
+
+
+def _registered_name(args: argparse.Namespace) -> str:
+    """The params file's ``mlflow.registered_model`` (a profile's own model with ``--params
+    profiles/NAME/params.yaml``); ``dermagan-classifier`` when a command without config finds no params file."""
+    if getattr(args, "config", None) is not None:
+        return args.config.mlflow.registered_model
+    if not Path(args.params).is_file():
+        return "dermagan-classifier"
+    return load_config(args.params).mlflow.registered_model
+
+
 def _default_paths(args: argparse.Namespace) -> None:
-    """Fill every unset path (and the seed of train/evaluate) from the Layout."""
+    """Fill every unset path (and the seed of train/evaluate) from the Layout, and the registered model from
+    params."""
+    if args.command in MODEL_COMMANDS:
+        if getattr(args, "name", "unset") is None:
+            args.name = _registered_name(args)
+        if getattr(args, "model", "unset") is None:
+            args.model = f"models:/{_registered_name(args)}@champion"
     if hasattr(args, "seed") and args.seed is None and args.command in ("train", "evaluate", "bench-train"):
         args.seed = args.config.train.seeds[0]
     for key, value in _layout_defaults(args).items():

@@ -84,7 +84,7 @@ def load_profile(params_path: Path, profile_path: Path) -> tuple[dict[str, Any],
     default = read_yaml(params_path)
     merged = merge_params(default, read_yaml(profile_path))
     config = build_config(load_params(params_path, merged), source=f"{params_path} + {profile_path}")
-    for key in ("mlflow.experiment", "gan.experiment", "mlflow.registered_model"):
+    for key in ("mlflow.experiment", "gan.experiment", "mlflow.registered_model", "gan.registered_model"):
         block, _, leaf = key.partition(".")
         value = (merged.get(block) or {}).get(leaf)
         if value == (default.get(block) or {}).get(leaf):

@@ -149,6 +149,7 @@ class PrepareSection(Section):
     test_fraction: Fraction
     seed: Seed
     min_image_side: PosInt = 32
+    max_lesions_per_class: PosInt | None = None  # a seeded subset (quick looks); null = every lesion
     split: SplitSection = Field(default_factory=lambda: SplitSection())
 
     @model_validator(mode="after")
@@ -324,6 +325,7 @@ class GanSection(OpenSection):
     seed: Seed = 0
     generate_seed: Seed = 0
     experiment: Annotated[str, Field(min_length=1)] = "dermagan-gan"
+    registered_model: Annotated[str, Field(min_length=1)] = "dermagan-generator"  # every generator's versions
     stgan: StganSection | None = None
     cyclegan: CycleganSection | None = None
     stgan_tuned: dict[str, dict[str, Any] | None] = Field(default_factory=dict)

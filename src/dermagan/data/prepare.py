@@ -16,7 +16,7 @@ from dermagan.data.eda import write_eda_figures
 from dermagan.data.images import check_images_dir, find_image, open_rgb, resize_center_crop
 from dermagan.data.metadata import find_metadata, read_metadata, read_sources
 from dermagan.data.prepared import SPLIT_TABLE, arrays_for, write_classes, write_split
-from dermagan.data.splits import grouped_split, source_split
+from dermagan.data.splits import grouped_split, source_split, subsample_lesions
 from dermagan.errors import DermaganError
 
 TABLE_COLUMNS = ["image_id", "lesion_id", "dx", "split", "dx_type", "age", "sex", "localization", "dx_raw"]
@@ -34,6 +34,7 @@ class PrepareConfig:
     split_by: str = "lesion"        # lesion | source
     test_sources: tuple[str, ...] = ()
     sources: Path | None = None     # CSV image_id,dataset (split_by source needs it)
+    max_lesions_per_class: int | None = None  # a seeded subset of lesions per class (None = all)
 
 
 def load_images(raw_dir: Path, image_ids: list[str], size: int, min_side: int = 1) -> np.ndarray:
@@ -89,6 +90,8 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, eda_dir: Path, config: Prepare
     if config.sources is not None:
         metadata["source"] = read_sources(config.sources, metadata["image_id"]).to_numpy()
         columns.append("source")
+    if config.max_lesions_per_class is not None:
+        metadata = subsample_lesions(metadata, config.max_lesions_per_class, config.seed)
     metadata = metadata.reset_index(drop=True)
     metadata["split"] = assign_splits(metadata, config)
     images = load_images(Path(raw_dir), metadata["image_id"].tolist(), config.image_size, config.min_image_side)

@@ -24,6 +24,18 @@ def _holdout(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+def subsample_lesions(frame: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataFrame:
+    """The rows of at most ``max_per_class`` lesions of each class (a lesion counts for the class of its first
+    image), drawn with ``seed``; every image of a kept lesion stays, so the split stays lesion-grouped."""
+    first = frame.drop_duplicates("lesion_id")[["lesion_id", "dx"]]
+    rng = np.random.default_rng(seed)
+    kept = []
+    for _, lesions in first.groupby("dx", sort=True):
+        ids = lesions["lesion_id"].to_numpy()
+        kept.extend(ids if len(ids) <= max_per_class else rng.choice(ids, size=max_per_class, replace=False))
+    return frame[frame["lesion_id"].isin(set(kept))]
+
+
 def grouped_split(
     frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
 ) -> pd.Series:
@@ -80,8 +92,12 @@ def source_split(frame: pd.DataFrame, test_sources: tuple[str, ...], val_fractio
     return pd.Series(split, index=frame.index, name="split")
 
 
-def split_description(by: str, test_sources, val_fraction: float, test_fraction: float, seed: int) -> str:
+def split_description(by: str, test_sources, val_fraction: float, test_fraction: float, seed: int,
+                      max_lesions_per_class: int | None = None) -> str:
     """One sentence on how test was held out, for model cards (``prepare.split``'s settings)."""
+    if max_lesions_per_class is not None:
+        return (f"a subset of at most {max_lesions_per_class} lesions per class (seed {seed}), then "
+                  + split_description(by, test_sources, val_fraction, test_fraction, seed))
     if by == "source":
         return (f"domain shift: test holds every image of the source(s) {', '.join(test_sources)} and of any lesion "
                 f"seen there; train and validation ({val_fraction:.0%} of the remaining lesions) come from the "

@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 from dermagan.gan.train import GanTrainer, crossed, resume_gan, train_gan
 from dermagan.tracking.setup import flatten, standard_tags
 
-GENERATOR_MODEL = "dermagan-generator"  # the MLflow registered model of every generator
+GENERATOR_MODEL = "dermagan-generator"  # the default of gan.registered_model (every generator's versions)
 
 
 def train_and_register_gan(trainer: GanTrainer, method: str, name: str, classes: list[str], checkpoint: Path,
-                           tags: dict | None = None, stage: str = "train_gan") -> dict:
+                           tags: dict | None = None, stage: str = "train_gan",
+                           registered_model: str = GENERATOR_MODEL) -> dict:
     """One DCGAN/STGAN run: resume if possible, log losses and sample grids, register the EMA generator.
 
     ``tags`` go on the run and on the registered generator version (e.g. the STGAN stage and the
@@ -35,18 +36,20 @@ def train_and_register_gan(trainer: GanTrainer, method: str, name: str, classes:
     return train_and_register(trainer, trainer.G_ema, method, name, classes, checkpoint,
                               run_params={"n_train_images": len(trainer.images)},
                               input_example=example if not cfg.num_classes else None,
-                              conditional=bool(cfg.num_classes), tags=tags, stage=stage)
+                              conditional=bool(cfg.num_classes), tags=tags, stage=stage,
+                              registered_model=registered_model)
 
 
 def train_and_register(trainer, model: torch.nn.Module, method: str, name: str, classes: list[str],
                        checkpoint: Path, run_params: dict, input_example: np.ndarray | None = None,
-                       conditional: bool = False, tags: dict | None = None, stage: str = "train_gan") -> dict:
+                       conditional: bool = False, tags: dict | None = None, stage: str = "train_gan",
+                       registered_model: str = GENERATOR_MODEL) -> dict:
     """Train any trainer ``train_gan`` drives (``GanTrainer``, ``CycleGanTrainer``) in one MLflow run.
 
     Resumes from ``checkpoint`` if possible; logs the config and ``run_params``, the losses
     (``gan/d_loss`` and ``gan/g_loss`` plus any others ``step`` returns) and the sample grids;
-    then registers ``model`` (trained in place by ``trainer``) as a ``dermagan-generator`` version.
-    Returns the index entry: run id, version, classes, images seen, wall seconds and ``tags``.
+    then registers ``model`` (trained in place by ``trainer``) as a version of ``registered_model``.
+    Returns the index entry: run id, registered model, version, classes, images seen, wall seconds and ``tags``.
     """
     resumed = resume_gan(trainer, checkpoint)
     started, cfg = time.perf_counter(), trainer.cfg
@@ -76,23 +79,23 @@ def train_and_register(trainer, model: torch.nn.Module, method: str, name: str, 
         wall = time.perf_counter() - started
         mlflow.log_metrics({"gan/wall_seconds": wall, "gan/images_seen": trainer.images_seen})
         version = register_generator_version(model, method, classes, trainer.images_seen, input_example,
-                                             conditional, tags)
+                                             conditional, tags, registered_model)
         run_id = mlflow.active_run().info.run_id
     checkpoint.unlink(missing_ok=True)
-    return {"run_id": run_id, "version": version, "classes": classes, "images_seen": trainer.images_seen,
+    return {"run_id": run_id, "registered_model": registered_model, "version": version, "classes": classes, "images_seen": trainer.images_seen,
             "wall_seconds": wall, **tags}
 
 
 def register_generator_version(model: torch.nn.Module, method: str, classes: list[str], images_seen: int,
                                input_example: np.ndarray | None = None, conditional: bool = False,
-                               tags: dict | None = None) -> str:
-    """Log ``model`` (moved to the CPU) to the active run and register it as a ``dermagan-generator``
-    version tagged with the method, classes, images seen, conditional and ``tags``; return the version."""
-    info = mlflow.pytorch.log_model(model.cpu(), name="generator", registered_model_name=GENERATOR_MODEL,
+                               tags: dict | None = None, registered_model: str = GENERATOR_MODEL) -> str:
+    """Log ``model`` (moved to the CPU) to the active run and register it as a version of ``registered_model``
+    (``gan.registered_model``), tagged with the method, classes, images seen, conditional and ``tags``; return the version."""
+    info = mlflow.pytorch.log_model(model.cpu(), name="generator", registered_model_name=registered_model,
                                     input_example=input_example, serialization_format="pickle")
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     for key, value in {"method": method, "gan_classes": ",".join(classes), "images_seen": images_seen,
                        "conditional": conditional, **(tags or {})}.items():
-        client.set_model_version_tag(GENERATOR_MODEL, version, key, str(value))
+        client.set_model_version_tag(registered_model, version, key, str(value))
     return version

@@ -117,7 +117,7 @@ def run_evaluate(cfg: Config, arm: str, seed: int, prepared: Path, model_dir: Pa
         log_model_card(info, document,
                        cfg.data.dataset.model_dump(), split_description(
             cfg.prepare.split.by, cfg.prepare.split.test_sources, cfg.prepare.val_fraction, cfg.prepare.test_fraction,
-            cfg.prepare.seed))
+            cfg.prepare.seed, cfg.prepare.max_lesions_per_class))
     return document
 
 

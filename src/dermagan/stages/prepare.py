@@ -14,5 +14,6 @@ def run_prepare(cfg: Config, raw_dir: Path, out_dir: Path, eda_dir: Path) -> dic
     config = PrepareConfig(image_size=p.image_size, val_fraction=p.val_fraction, test_fraction=p.test_fraction,
                            seed=p.seed, classes=cfg.classes, min_image_side=p.min_image_side,
                            label_map=dict(data.label_map), split_by=p.split.by, test_sources=p.split.test_sources,
-                           sources=Path(data.sources) if data.sources else None)
+                           sources=Path(data.sources) if data.sources else None,
+                           max_lesions_per_class=p.max_lesions_per_class)
     return prepare_dataset(Path(raw_dir), Path(out_dir), Path(eda_dir), config)

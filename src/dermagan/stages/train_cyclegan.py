@@ -46,7 +46,7 @@ def run_train_cyclegan(cfg: Config, dx: str, prepared: Path, out_dir: Path, chec
                               run_params={"n_train_images": len(images_b), "n_source_images": len(images_a)},
                               input_example=example, tags={"source_class": cycle.source_class,
                                                            "translation": f"{cycle.source_class}->{dx}"},
-                              stage="train_cyclegan")
+                              stage="train_cyclegan", registered_model=cfg.gan.registered_model)
     with atomic_dir(Path(out_dir)) as tmp:
         write_class_generator(tmp, dx, translator_file(trainer, dx), info)
     return info

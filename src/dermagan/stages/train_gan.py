@@ -39,7 +39,8 @@ def run_train_gan(cfg: Config, method: str, prepared: Path, out_dir: Path, check
             gan_cfg = cfg.dcgan_config(len(classes) if conditional else None)
             trainer = GanTrainer(gan_cfg, images, labels, device)
             checkpoint = Path(checkpoint_dir) / method / f"{name}.pt"
-            results[name] = train_and_register_gan(trainer, method, name, classes, checkpoint, stage=STAGE)
+            results[name] = train_and_register_gan(trainer, method, name, classes, checkpoint, stage=STAGE,
+                                                   registered_model=cfg.gan.registered_model)
             torch.save(dcgan_generator_file(trainer, classes), tmp / f"{name}.pt")
         write_generator_index(tmp, results)
     return results

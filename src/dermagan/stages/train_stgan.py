@@ -41,7 +41,7 @@ def run_stgan_base(cfg: Config, prepared: Path, out_dir: Path, checkpoint_dir: P
     classes = list(cfg.classes)
     info = train_and_register_gan(trainer, METHOD, "stage1", classes, Path(checkpoint_dir) / METHOD / "stage1.pt",
                                   tags={"stgan_stage": 1, "discriminator": stgan.discriminator},
-                                  stage="train_stgan_base")
+                                  stage="train_stgan_base", registered_model=cfg.gan.registered_model)
     with atomic_dir(Path(out_dir)) as tmp:
         write_stgan_base(tmp, trainer, classes, info)
     return info
@@ -62,7 +62,8 @@ def run_stgan_class(cfg: Config, dx: str, prepared: Path, base_dir: Path, out_di
     info = train_and_register_gan(trainer, METHOD, dx, [dx], checkpoint,
                                   tags={"stgan_stage": 2, "stage1_version": base_info["version"],
                                         "stage1_run_id": base_info["run_id"], "discriminator": stgan.discriminator,
-                                        "frozen_d_tensors": len(trainer.frozen)}, stage="train_stgan")
+                                        "frozen_d_tensors": len(trainer.frozen)}, stage="train_stgan",
+                                  registered_model=cfg.gan.registered_model)
     with atomic_dir(Path(out_dir)) as tmp:
         write_class_generator(tmp, dx, {**stgan_generator_file(trainer, [dx]), **stgan_discriminator_file(trainer)},
                               info)
