@@ -72,6 +72,22 @@ def test_the_installed_ui_knows_the_kind_and_opens_it_on_runs():
     assert kinds.get("CUSTOM_MODEL_DEVELOPMENT") == EXPERIMENT_KIND and "GENAI_DEVELOPMENT" in kinds
 
 
+def test_ui_prints_links_that_open_each_experiment_on_its_runs(tracking, tmp_path):
+    """MLflow 3.17's UI lands on its GenAI overview until 'Model training' is picked in the browser (checked in
+    Chromium); the links `dermagan ui` prints carry workflowType=machine_learning, which opens the runs table."""
+    from dermagan.cli import runs_links
+
+    configure("views-test")
+    experiment = mlflow.get_experiment_by_name("views-test")
+    lines = runs_links(tracking, "http://127.0.0.1:5000", ["views-test", "never-made"])
+    assert lines[0] == (f"open http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+                        "?workflowType=machine_learning   (views-test)")
+    assert len(lines) == 2 and "Model training" in lines[1]  # the missing experiment is left out
+    missing = tmp_path / "none" / "mlflow.db"
+    assert "no runs yet" in runs_links(f"sqlite:///{missing}", "http://h:1", ["views-test"])[0]
+    assert not missing.exists()
+
+
 # --- datasets ------------------------------------------------------------------------------------------------
 
 def test_digest_follows_the_content():

@@ -404,11 +404,46 @@ def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
             "--host", host, "--port", str(port)]
 
 
+def _experiment_names(args: argparse.Namespace) -> list[str]:
+    """The params file's classifier and GAN experiments (the defaults when there is no params file)."""
+    if not Path(args.params).is_file():
+        return ["dermagan", "dermagan-gan"]
+    cfg = load_config(args.params)
+    return [cfg.mlflow.experiment, cfg.gan.experiment]
+
+
+def runs_links(uri: str, base: str, names: list[str]) -> list[str]:
+    """Links that open each existing experiment on its runs table. MLflow 3's UI lands on its GenAI overview
+    until 'Model training' (top left) is picked once in that browser; ``workflowType=machine_learning`` skips
+    that. Nothing is created: a store or experiment that does not exist yet is left out."""
+    from dermagan.tracking.setup import sqlite_path
+
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        return [f"no runs yet ({path} does not exist); the pipeline's experiments appear once `dvc repro` runs"]
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    lines = []
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            lines.append(f"open {base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+                         f"   ({name})")
+    if lines:
+        lines.append("(MLflow 3 opens experiments on its GenAI overview until you pick 'Model training' at the top "
+                     "left once; the links above open the runs table)")
+    return lines
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     from dermagan.tracking.setup import check_tracking_uri, tracking_uri
 
-    command = ui_command(args.host, args.port, check_tracking_uri(tracking_uri()))
+    uri = check_tracking_uri(tracking_uri())
+    command = ui_command(args.host, args.port, uri)
     print(" ".join(command))
+    for line in runs_links(uri, f"http://{args.host}:{args.port}", _experiment_names(args)):
+        print(line)
     try:
         os.execv(command[0], command)
     except OSError as exc:

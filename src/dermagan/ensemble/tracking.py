@@ -59,22 +59,35 @@ def log_ensemble_run(result: EnsembleResult, registered_model: str, folders: tup
 
 
 def tag_version(name: str, version: str, result: EnsembleResult) -> None:
-    """The tags train + evaluate put on a classifier version (val_bal_acc, test_bal_acc and its CI), plus the
-    ensemble's own; its other test figures are the run's ``test/...`` metrics."""
+    """The tags a reader needs, as on a classifier version (arm, seed, what it was trained on, val and test
+    balanced accuracy; ``kind`` keeps it out of ``promote``'s candidates), and a description holding the rest:
+    members, weights, combiner, why it was registered."""
     seed, combiner = result.register_seed, result.combiner
     weights, report = result.weights[seed][combiner], result.reports[(combiner, seed)]
     arms, infos = result.arms, result.infos[seed]
-    tags = {"arm": f"ensemble_{combiner}", "seed": seed, "kind": "ensemble", "combiner": combiner,
-            "extra": "ensemble", "backbone": "ensemble", "image_size": result.image_size, "flavor": "pyfunc",
-            "members": ",".join(f"{arm}:v{info.get('version', '?')}" for arm, info in zip(arms, infos)),
-            "weights": ",".join(f"{arm}={w:.4f}" for arm, w in zip(arms, weights)),
-            "weights_fitted_on": "val", "val_bal_acc": f"{result.val_score:.4f}", "val_bal_acc_note": VAL_NOTE,
-            "register_rule": result.reason,
+    members = [f"{arm}:v{info.get('version', '?')}" for arm, info in zip(arms, infos)]
+    tags = {"arm": f"ensemble_{combiner}", "seed": seed, "kind": "ensemble",
+            "trained_on": "members' training sets; weights fitted on real val",
+            "val_bal_acc": f"{result.val_score:.4f}",
             "test_bal_acc": f"{report['bal_acc']:.4f}",
             "test_bal_acc_ci": f"[{report['bal_acc_ci_low']:.4f}, {report['bal_acc_ci_high']:.4f}]"}
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
+    client.update_model_version(name, version, description=ensemble_card(result, members, weights, report))
+
+
+def ensemble_card(result: EnsembleResult, members: list[str], weights, report: dict) -> str:
+    """The version description: what the ensemble is and how far to trust its validation score."""
+    lines = [f"# Ensemble ({result.combiner}), seed {result.register_seed}", "",
+             f"Combines the seed-{result.register_seed} models of {len(members)} arms, inputs "
+             f"{result.image_size} px, output classes {', '.join(result.classes)}. Registered because: "
+             f"{result.reason}.", "", "| member | weight |", "|---|---:|"]
+    lines += [f"| {m} | {w:.4f} |" for m, w in zip(members, weights)]
+    lines += ["", f"Test balanced accuracy {report['bal_acc']:.4f} [{report['bal_acc_ci_low']:.4f}, "
+              f"{report['bal_acc_ci_high']:.4f}] on the real-only test split; validation {result.val_score:.4f}: "
+              f"{VAL_NOTE}.", "", "Research use only: not a medical device and not for diagnosis."]
+    return "\n".join(lines)
 
 
 def ensemble_metrics(result: EnsembleResult) -> dict[str, float]:
