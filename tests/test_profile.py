@@ -21,11 +21,16 @@ def test_merge_replaces_arms_and_merges_the_rest():
     assert base["gan"]["net"]["z"] == 3  # the base is not changed
 
 
-@pytest.mark.parametrize("name", ["melanoma", "rosendahl"])
+@pytest.mark.parametrize("name", ["melanoma", "rosendahl", "firstlook"])
 def test_shipped_profiles_validate(name: str):
     merged, cfg = load_profile(REPO / "params.yaml", REPO / "profiles" / f"{name}.yaml")
     assert cfg.mlflow.experiment == f"dermagan-{name}"
-    if name == "melanoma":
+    assert cfg.gan.registered_model == f"dermagan-{name}-generator"
+    if name == "firstlook":  # every default arm and stage, on a small budget, one seed
+        default = yaml.safe_load((REPO / "params.yaml").read_text())
+        assert sorted(cfg.arms) == sorted(default["arms"]) and cfg.train.seeds == (0,)
+        assert cfg.prepare.max_lesions_per_class == 300 and cfg.gan.methods == tuple(default["gan"]["methods"])
+    elif name == "melanoma":
         assert cfg.classes == ("other", "mel") and cfg.data.positive == "mel"
         assert sorted(cfg.arms) == ["effnet", "effnet_cyclegan", "effnet_cyclegan_nols", "effnet_ros"]
     else:
