@@ -89,7 +89,13 @@ def test_the_block_names_comparator_test_size_and_the_command():
     prose = block.replace("\n", " ")
     assert "| effnet_ros |" in block and "comparator |" in block and "(1,431 images)" in prose
     assert "`effnet_ros`, the non-GAN arm with the best mean validation balanced accuracy (0.655)" in prose
-    assert "carries no minimum detectable difference" in prose  # the committed file has no mdd yet
+    assert "MDD = the minimum difference it could detect at 80% power" in prose  # the committed run has MDDs
+    older = copy.deepcopy(COMPARE)  # a compare.json from before MDDs were written
+    for by_metric in older["gan_vs_best"].values():
+        for result in by_metric.values():
+            result.pop("mdd", None)
+    prose = readme.results_block(older, ("akiec", "df", "vasc"), 0.95, 0.8, "metrics/compare.json").replace("\n", " ")
+    assert "carries no minimum detectable difference" in prose
 
 
 def test_a_current_compare_json_gives_mdd_and_its_own_test_size():
