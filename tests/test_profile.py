@@ -141,3 +141,10 @@ def test_an_experts_arm_keeps_the_stgan_dependency():
     dropped = yaml.safe_load(adapt_pipeline(text, {"arms": {"x": {"extra": None}}}))
     assert EXPERTS_DEP in kept["stages"]["validate_augmented"]["do"]["deps"]
     assert EXPERTS_DEP not in dropped["stages"]["validate_augmented"]["do"]["deps"]
+
+
+@pytest.mark.parametrize("name", ["melanoma", "rosendahl", "firstlook"])
+def test_no_shipped_profiles_pipeline_is_git_ignored(name: str):
+    """DVC refuses a git-ignored dvc.yaml ('bad DVC file name'), so a profile's folder may ignore only outputs."""
+    done = subprocess.run(["git", "check-ignore", "-q", f"profiles/{name}/dvc.yaml"], cwd=REPO)
+    assert done.returncode == 1, f"profiles/{name}/dvc.yaml is git-ignored: `dvc repro` there would refuse it"

@@ -404,12 +404,18 @@ def ui_command(host: str, port: int, uri: str | None = None) -> list[str]:
             "--host", host, "--port", str(port)]
 
 
+def _optional_config(args: argparse.Namespace):
+    """The command's Config, also for a command that needs none when its params file exists (e.g. a
+    profile's, to name its experiments and registered model); None without a params file."""
+    if getattr(args, "config", None) is None and Path(args.params).is_file():
+        args.config = load_config(args.params)
+    return getattr(args, "config", None)
+
+
 def _experiment_names(args: argparse.Namespace) -> list[str]:
     """The params file's classifier and GAN experiments (the defaults when there is no params file)."""
-    if not Path(args.params).is_file():
-        return ["dermagan", "dermagan-gan"]
-    cfg = load_config(args.params)
-    return [cfg.mlflow.experiment, cfg.gan.experiment]
+    cfg = _optional_config(args)
+    return [cfg.mlflow.experiment, cfg.gan.experiment] if cfg else ["dermagan", "dermagan-gan"]
 
 
 def runs_links(uri: str, base: str, names: list[str]) -> list[str]:
@@ -1073,11 +1079,8 @@ MODEL_COMMANDS = ("models", "promote", "predict", "export", "bench-serve", "benc
 def _registered_name(args: argparse.Namespace) -> str:
     """The params file's ``mlflow.registered_model`` (a profile's own model with ``--params
     profiles/NAME/params.yaml``); ``dermagan-classifier`` when a command without config finds no params file."""
-    if getattr(args, "config", None) is not None:
-        return args.config.mlflow.registered_model
-    if not Path(args.params).is_file():
-        return "dermagan-classifier"
-    return load_config(args.params).mlflow.registered_model
+    cfg = _optional_config(args)
+    return cfg.mlflow.registered_model if cfg else "dermagan-classifier"
 
 
 def _default_paths(args: argparse.Namespace) -> None:
